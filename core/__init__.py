@@ -1,0 +1,1 @@
+"""LoRA Workbench core: everything that is not UI. Never imports gradio."""

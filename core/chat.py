@@ -1,0 +1,199 @@
+"""Inference: a base model loaded once, PEFT adapters loaded beside it and switched by name,
+greedy or sampled generation, streamed token by token."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import TextIteratorStreamer
+
+from core import models
+from core.encode import ensure_chat_template
+from core.errors import ModelError
+from core.workspace import read_json
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    def kwargs(self) -> dict:
+        kw = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.temperature > 0:
+            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on: workbench.json, else adapter_config.json."""
+    adapter_dir = Path(adapter_dir)
+    meta = read_json(adapter_dir / "workbench.json") or {}
+    if meta.get("base_model"):
+        return meta["base_model"]
+    cfg = read_json(adapter_dir / "adapter_config.json")
+    if not cfg:
+        raise ModelError(f"'{adapter_dir}' is not an adapter folder (no adapter_config.json)", field="adapter")
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"adapter '{adapter_dir}' does not name its base model", field="adapter")
+    return base
+
+
+def chat_dtype() -> torch.dtype:
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class ChatEngine:
+    """One base model in memory; adapters are added once and switched by name without reloading."""
+
+    def __init__(self, base: str, *, trust_remote_code: bool = False, tokenizer_from: str | Path | None = None):
+        self.base = base
+        resolved = models.resolve(base)
+        self.tokenizer = models.load_tokenizer(
+            models.ResolvedModel(str(tokenizer_from), "local", str(tokenizer_from)) if tokenizer_from else resolved,
+            trust_remote_code)
+        ensure_chat_template(self.tokenizer)
+        self.model = models.load_causal_lm(resolved, dtype=chat_dtype(), trust_remote_code=trust_remote_code)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+        self.model.eval()
+        self.adapters: dict[str, str] = {}
+        self.active: str | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def add_adapter(self, path: str | Path, name: str | None = None) -> str:
+        from peft import PeftModel
+
+        path = Path(path)
+        if name is None:
+            name = path.parent.name if path.name == "adapter" else path.name
+        if name in self.adapters:
+            return name
+        if not (path / "adapter_config.json").is_file():
+            raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json)", field="adapter")
+        with self.lock:
+            if not hasattr(self.model, "peft_config"):
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            else:
+                self.model.load_adapter(str(path), adapter_name=name)
+            self.model.eval()
+            self.adapters[name] = str(path)
+        self.use(name)
+        return name
+
+    def use(self, name: str | None) -> None:
+        """Switch to an adapter by name, or to the plain base model with None."""
+        if name is not None and name not in self.adapters:
+            raise ModelError(f"adapter '{name}' is not loaded", field="adapter")
+        self.active = name
+        if name is not None:
+            self.model.set_adapter(name)
+
+    def _inputs(self, messages: list[dict]) -> dict:
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def _generate(self, inputs: dict, opts: GenerationOptions, **extra):
+        kwargs = dict(**inputs, **opts.kwargs(), pad_token_id=self.tokenizer.pad_token_id, **extra)
+        with torch.inference_mode():
+            if self.active is None and hasattr(self.model, "disable_adapter"):
+                with self.model.disable_adapter():
+                    return self.model.generate(**kwargs)
+            return self.model.generate(**kwargs)
+
+    def reply(self, messages: list[dict], opts: GenerationOptions | None = None) -> str:
+        opts = opts or GenerationOptions()
+        inputs = self._inputs(messages)
+        with self.lock:
+            out = self._generate(inputs, opts)
+        return self.tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    def stream(self, messages: list[dict], opts: GenerationOptions | None = None,
+               stop: threading.Event | None = None) -> Iterator[dict]:
+        """Yield {"text", "ttft_s", "tokens_per_s", "tokens"} as tokens arrive; `stop` ends it early."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        opts = opts or GenerationOptions()
+        inputs = self._inputs(messages)
+        streamer = CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = stop or threading.Event()
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return stop.is_set()
+
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with self.lock:
+                    self._generate(inputs, opts, streamer=streamer,
+                                   stopping_criteria=StoppingCriteriaList([_Stop()]))
+            except BaseException as e:   # handed to the reader below
+                errors.append(e)
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text, first = "", None
+        for piece in streamer:
+            if not piece:
+                continue
+            now = time.perf_counter() - start
+            first = now if first is None else first
+            text += piece
+            n = streamer.generated
+            rate = (n - 1) / (now - first) if n > 1 and now > first else 0.0
+            yield {"text": text.strip(), "ttft_s": first, "tokens_per_s": rate, "tokens": n}
+        thread.join()
+        if errors:
+            raise errors[0]
+
+
+class CountingStreamer(TextIteratorStreamer):
+    """Counts the generated tokens, which the streamed text pieces alone do not tell."""
+
+    generated = 0
+
+    def put(self, value):
+        if not (self.skip_prompt and self.next_tokens_are_prompt):
+            self.generated += int(value.numel())
+        super().put(value)
+
+
+def one_shot(adapter: str | Path | None, prompt: str, *, base: str | None = None, max_new_tokens: int = 256,
+             system: str | None = None) -> str:
+    """`python -m core chat`: load, answer one prompt greedily, return the reply."""
+    if adapter is not None:
+        adapter = Path(adapter)
+        if not adapter.is_dir():
+            raise ModelError(f"adapter folder '{adapter}' does not exist", field="adapter")
+        if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
+            base, adapter = str(adapter), None      # a full fine-tuned model folder
+    if adapter is not None:
+        engine = ChatEngine(base or adapter_base(adapter), tokenizer_from=adapter)
+        engine.add_adapter(adapter)
+    else:
+        if base is None:
+            raise ModelError("name an adapter or a model", field="adapter")
+        engine = ChatEngine(base)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return engine.reply(messages, GenerationOptions(max_new_tokens=max_new_tokens))

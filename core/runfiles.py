@@ -1,0 +1,94 @@
+"""The run folder: what the worker writes and everyone else reads.
+
+runs/<id>/config.yaml  status.json  metrics.jsonl  train.log  checkpoints/  adapter/ (or model/)
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.workspace import atomic_write_json, read_json, runs_dir
+
+STATES = ("queued", "starting", "running", "completed", "failed", "stopped")
+FINAL_STATES = ("completed", "failed", "stopped")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def id(self) -> str:
+        return self.root.name
+
+    config = property(lambda self: self.root / "config.yaml")
+    status = property(lambda self: self.root / "status.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    log = property(lambda self: self.root / "train.log")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    adapter = property(lambda self: self.root / "adapter")
+    model = property(lambda self: self.root / "model")
+
+    def output(self, method: str) -> Path:
+        """Where the result lands: a PEFT adapter, or a full model folder for full/freeze."""
+        return self.adapter if method in ("lora", "qlora") else self.model
+
+    def read_status(self) -> dict:
+        return read_json(self.status, default={}) or {}
+
+    def write_status(self, **fields) -> dict:
+        status = self.read_status()
+        status.update(fields, updated_at=time.time())
+        atomic_write_json(self.status, status)
+        return status
+
+    def append_metric(self, row: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics(self.metrics)
+
+    def newest_checkpoint(self) -> Path | None:
+        found = [(int(m.group(1)), p) for p in self.checkpoints.glob("checkpoint-*")
+                 if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()]
+        return max(found)[1] if found else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Every well-formed line; a corrupt or half-written line is skipped, never fatal."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except OSError:
+        pass
+    return rows
+
+
+def new_run_id(name: str = "") -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:40] or "run"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def run_dir_for(output_dir: str, name: str = "") -> RunDir:
+    return RunDir(Path(output_dir).absolute() if output_dir else runs_dir() / new_run_id(name))

@@ -1,0 +1,283 @@
+"""The training recipe, top to bottom: config -> model -> data -> Trainer -> adapter.
+
+Runs as its own process (`python -m core train --config FILE`); it talks to the rest of the
+workbench only through its run folder (see core/runfiles.py). Bad input is found before the
+run folder is written, so a refused config leaves nothing behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core import data as datamod
+from core import models
+from core.batching import FlattenCollator, PadCollator
+from core.config import RunConfig
+from core.encode import ensure_chat_template
+from core.errors import ConfigError, WorkbenchError
+from core.progress import ProgressCallback, StopRequest, peak_memory_gib, setup_logging
+from core.runfiles import RunDir, run_dir_for
+from core.workspace import atomic_write_json
+
+log = logging.getLogger("workbench")
+
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit", "paged_adamw8bit": "paged_adamw_8bit"}
+
+
+class RunFailed(Exception):
+    """Training started and then failed; the reason is in status.json."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: torch.dtype        # dtype the base weights are loaded in
+    autocast: str | None        # "bf16" / "fp16" mixed precision, or None
+    compute: torch.dtype        # dtype of the matmuls (QLoRA compute dtype)
+
+    @property
+    def label(self) -> str:
+        w = str(self.weights).replace("torch.", "")
+        return f"{w} weights" + (f", {self.autocast} autocast" if self.autocast else "")
+
+
+def device_kind() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_precision(cfg: RunConfig, device: str | None = None) -> Precision:
+    """The dtype table, one case per line.
+
+    CPU: fp32 weights; bf16 adds bf16 autocast. GPU, LoRA/QLoRA: base weights in bf16 (fp16 on
+    cards without bf16) under autocast, adapters stay fp32. GPU, full/freeze: fp32 master weights
+    under bf16 autocast (mixed precision), unless bf16 is asked for: then every weight is bf16."""
+    device = device or device_kind()
+    dtype, method = cfg.train.dtype, cfg.method
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    if device == "cpu":
+        if dtype == "fp16":
+            raise ConfigError("fp16 needs a GPU; use bf16 or fp32 on CPU", field="train.dtype")
+        return Precision(f32, "bf16", bf16) if dtype == "bf16" else Precision(f32, None, f32)
+    has_bf16 = torch.cuda.is_bf16_supported()
+    half_name = "bf16" if has_bf16 else "fp16"
+    if method in ("full", "freeze"):
+        if dtype == "bf16":
+            return Precision(bf16, None, bf16)
+        if dtype == "fp16":
+            return Precision(f32, "fp16", f16)
+        return Precision(f32, half_name, bf16 if has_bf16 else f16)
+    if dtype == "fp32":
+        return Precision(f32, None, f32)
+    name = half_name if dtype == "auto" else dtype
+    half = bf16 if name == "bf16" else f16
+    return Precision(half, name, half)
+
+
+def build_model(cfg: RunConfig, resolved: models.ResolvedModel, precision: Precision):
+    """Load the base model and make the right parameters trainable for the method."""
+    quant, device_map = None, None
+    if cfg.method == "qlora":
+        from transformers import BitsAndBytesConfig
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant.quant_type,
+                                   bnb_4bit_use_double_quant=cfg.quant.double_quant,
+                                   bnb_4bit_compute_dtype=precision.compute)
+        device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if device_kind() == "cuda" else {"": "cpu"}
+    model = models.load_causal_lm(resolved, dtype=precision.weights, quantization_config=quant,
+                                  device_map=device_map, trust_remote_code=cfg.trust_remote_code)
+    model.config.use_cache = False
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.is_adapter_method():
+        from peft import LoraConfig, get_peft_model
+        targets = [t.strip() for t in cfg.lora.target_modules.split(",") if t.strip()]
+        lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules="all-linear" if targets == ["all-linear"] else targets,
+                          use_rslora=cfg.lora.rslora, use_dora=cfg.lora.dora, task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as e:
+            raise ConfigError(f"cannot place LoRA adapters: {e}", field="lora.target_modules") from None
+    elif cfg.method == "freeze":
+        layers = decoder_layers(model)
+        n = min(cfg.freeze.trainable_layers, len(layers))
+        model.requires_grad_(False)
+        for layer in layers[len(layers) - n:]:
+            layer.requires_grad_(True)
+    return model
+
+
+def decoder_layers(model) -> list:
+    """The stack of transformer blocks: the ModuleList as long as num_hidden_layers."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    raise ConfigError("cannot find the transformer layers of this model for freeze tuning", field="method")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def training_arguments(cfg: RunConfig, run: RunDir, precision: Precision, has_eval: bool):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm or None,
+        optim=OPTIMIZERS[t.optimizer],
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision.autocast == "bf16",
+        fp16=precision.autocast == "fp16",
+        use_cpu=device_kind() == "cpu",
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_steps=t.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps or None,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=3,
+        include_num_input_tokens_seen="all" if cfg.data.packing else "non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def prepare_run_dir(cfg: RunConfig, run: RunDir, resume: bool) -> Path | None:
+    """Refuse to overwrite a finished run; find the checkpoint to resume from."""
+    if resume:
+        ckpt = run.newest_checkpoint()
+        if ckpt is None:
+            raise ConfigError(f"nothing to resume: '{run.root}' has no checkpoint", field="output_dir")
+        return ckpt
+    if run.output(cfg.method).exists() or run.newest_checkpoint() is not None:
+        raise ConfigError(f"'{run.root}' already holds a run; resume it with --resume, or choose another "
+                          f"output_dir", field="output_dir")
+    return None
+
+
+def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
+    """Train one run to its adapter. WorkbenchError before training starts; RunFailed after."""
+    from transformers import PrinterCallback, Trainer
+
+    stop = StopRequest()
+    stop.install()
+    run_dir = run_dir_for(cfg.output_dir, cfg.name or Path(cfg.model).name)
+    existed = run_dir.root.exists()
+    setup_logging(run_dir if existed else None)
+    try:
+        ckpt = prepare_run_dir(cfg, run_dir, resume)
+        resolved = models.resolve(cfg.model)
+        tokenizer = models.load_tokenizer(resolved, cfg.trust_remote_code)
+        ensure_chat_template(tokenizer)
+        data = datamod.build(cfg, tokenizer)
+        precision = choose_precision(cfg)
+        log.info("data: %s", data.summary())
+        model = build_model(cfg, resolved, precision)
+    except WorkbenchError as e:
+        if existed:
+            run_dir.write_status(state="failed", error=str(e), finished_at=time.time())
+        raise
+    except KeyboardInterrupt:
+        if existed:
+            run_dir.write_status(state="stopped", error=None, finished_at=time.time())
+        raise
+
+    cfg.output_dir = str(run_dir.root)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    if not resume:
+        cfg.save(run_dir.config)
+    trainable, total = count_parameters(model)
+    log.info("run %s: %s on %s, %s, trainable %d of %d parameters (%.3f%%)", run_dir.id, cfg.method, cfg.model,
+             precision.label, trainable, total, 100 * trainable / max(total, 1))
+    run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(),
+                         trainable_params=trainable, total_params=total, precision=precision.label,
+                         device=device_kind(), rows=data.rows, dropped=len(data.dropped))
+    collator = FlattenCollator() if cfg.data.packing else PadCollator(tokenizer.pad_token_id)
+    trainer = Trainer(model=model, args=training_arguments(cfg, run_dir, precision, bool(data.eval)),
+                      train_dataset=data.train, eval_dataset=data.eval or None, data_collator=collator,
+                      processing_class=tokenizer,
+                      callbacks=[ProgressCallback(run_dir, stop, "all" if cfg.data.packing else "non_padding")])
+    trainer.remove_callback(PrinterCallback)
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        if stop.requested:
+            run_dir.write_status(state="stopped", step=trainer.state.global_step, finished_at=time.time(), eta_s=None,
+                                 checkpoint=str(run_dir.newest_checkpoint() or ""))
+            log.info("stopped at step %d; resume with --resume", trainer.state.global_step)
+            return run_dir
+        final_eval = trainer.evaluate() if data.eval else {}
+        save_result(cfg, run_dir, trainer, tokenizer, resolved, result, final_eval, data, started)
+    except torch.OutOfMemoryError:
+        msg = ("out of memory: lower the batch size (raise gradient accumulation to keep the effective batch), "
+               "shorten the max length, turn on gradient checkpointing, or use QLoRA")
+        run_dir.write_status(state="failed", error=msg, finished_at=time.time(), **peak_memory_gib())
+        log.error(msg)
+        raise RunFailed(msg) from None
+    except Exception as e:
+        run_dir.write_status(state="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
+        log.exception("training failed")
+        raise RunFailed(str(e)) from e
+    return run_dir
+
+
+def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, final_eval, data, started) -> None:
+    """Write the adapter (or full model) atomically: a temp folder renamed into place."""
+    out = run_dir.output(cfg.method)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.model
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    metrics = [r for r in run_dir.read_metrics() if "loss" in r]
+    summary = {
+        "base_model": cfg.model,
+        "base_model_path": resolved.path,
+        "method": cfg.method,
+        "datasets": [s.path for s in cfg.datasets],
+        "config": cfg.to_dict(),
+        "metrics": {
+            "steps": trainer.state.global_step,
+            "train_loss": metrics[-1]["loss"] if metrics else result.training_loss,
+            "mean_train_loss": result.training_loss,
+            "eval_loss": final_eval.get("eval_loss"),
+            "runtime_s": round(time.time() - started, 1),
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "rows": data.rows,
+        },
+        "memory": peak_memory_gib(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(tmp / "workbench.json", summary)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    run_dir.write_status(state="completed", step=trainer.state.global_step, eta_s=0, finished_at=time.time(),
+                         output=str(out), final_loss=summary["metrics"]["train_loss"],
+                         eval_loss=summary["metrics"]["eval_loss"])
+    log.info("finished: %s", out)

@@ -1,0 +1,54 @@
+import pytest
+
+from core.config import RunConfig, field_meta
+from core.errors import ConfigError
+
+
+def test_yaml_round_trip_keeps_every_field():
+    cfg = RunConfig.from_dict({
+        "model": "some/model", "method": "qlora",
+        "datasets": [{"path": "a.jsonl", "ratio": 0.9}, {"path": "b.json", "ratio": 0.1}],
+        "lora": {"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "dora": True},
+        "train": {"learning_rate": 1e-4, "max_steps": 30, "optimizer": "adamw8bit"},
+        "data": {"packing": True, "eval_split": 0.1},
+    })
+    again = RunConfig.from_yaml(cfg.to_yaml())
+    assert again == cfg
+    assert again.lora.target_modules == "q_proj,v_proj"
+    assert again.datasets[1].ratio == 0.1
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    cfg = RunConfig.from_yaml("model: m\n", overrides=["lora.rank=4", "train.learning_rate=3e-4",
+                                                       "data.packing=true", "datasets=[x.jsonl]"])
+    assert cfg.lora.rank == 4 and cfg.train.learning_rate == 3e-4 and cfg.data.packing
+    assert [d.path for d in cfg.datasets] == ["x.jsonl"]
+
+
+@pytest.mark.parametrize("text,field,line,words", [
+    ("model: m\nlora:\n  rnak: 8\n", "lora.rnak", 3, "did you mean 'lora.rank'"),
+    ("model: m\ntrain:\n  batch_size: many\n", "train.batch_size", 3, "whole number"),
+    ("model: m\nlora:\n  rank: 0\n", "lora.rank", 3, "at least 1"),
+    ("model: m\ntrain:\n  learning_rate: -0.001\n", "train.learning_rate", 3, "greater than 0"),
+    ("model: m\nmethod: magic\n", "method", 2, "not one of"),
+    ("model: m\ndata:\n  packing: maybe\n", "data.packing", 3, "true or false"),
+])
+def test_bad_values_name_the_field_and_the_line(text, field, line, words):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_yaml(text, file="run.yaml")
+    err = info.value
+    assert err.field == field and err.line == line and err.file == "run.yaml"
+    assert words in str(err)
+    assert f"run.yaml:{line}" in str(err)
+
+
+def test_broken_yaml_points_at_its_line():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_yaml("model: m\nlora: [1, 2\n", file="x.yaml")
+    assert info.value.line is not None and "YAML" in str(info.value)
+
+
+def test_fields_carry_help_in_both_languages_and_bounds():
+    meta = field_meta("lora.rank")
+    assert meta["help"] and meta["help_zh"] and meta["min"] == 1
+    assert "AdamW" in field_meta("train.optimizer")["help"]

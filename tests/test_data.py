@@ -1,0 +1,106 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.config import RunConfig
+from core.data import build, check_file
+from core.encode import IGNORE, encode_sample
+from core.errors import DataError
+from core.models import ResolvedModel, load_tokenizer
+
+ALPACA = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."} for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    return load_tokenizer(ResolvedModel(str(tiny_model), "local", "tiny"))
+
+
+def write(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("ext", ["json", "jsonl", "csv", "parquet", "txt"])
+def test_each_file_type_loads(tmp_path, ext):
+    path = tmp_path / f"data.{ext}"
+    if ext == "json":
+        path.write_text(json.dumps(ALPACA, indent=2))
+    elif ext == "jsonl":
+        write(path, ALPACA)
+    elif ext == "csv":
+        path.write_text("instruction,input,output\n" + "".join(f'"Q {i}?",,"A {i}."\n' for i in range(6)))
+    elif ext == "parquet":
+        pq.write_table(pa.Table.from_pylist(ALPACA), path)
+    else:
+        path.write_text("First document line one.\nline two.\n\nSecond document.\n")
+    report = check_file(path)
+    assert report.format == ("text" if ext == "txt" else "alpaca")
+    assert report.rows_usable == (2 if ext == "txt" else 6) and not report.problems
+
+
+def test_json_rows_keep_their_line_numbers(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(ALPACA[:2] + [{"instruction": "x", "output": ""}], indent=2))
+    report = check_file(path)
+    assert report.rows_usable == 2
+    [problem] = report.problems
+    assert problem.line == 12 and "empty" in problem.message
+
+
+def test_loss_mask_covers_only_assistant_replies(tok):
+    sample = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+                           {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Japan?"},
+                           {"role": "assistant", "content": "Tokyo."}]}
+    enc = encode_sample(tok, sample, max_len=512)
+    trained = tok.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    assert trained == "Paris.<|im_end|>\nTokyo.<|im_end|>\n"
+    assert enc.labels[: len(enc.labels) // 3].count(IGNORE) == len(enc.labels) // 3
+
+
+def test_train_on_all_trains_every_token(tok):
+    sample = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    enc = encode_sample(tok, sample, max_len=512, train_on="all")
+    assert enc.labels == enc.input_ids
+
+
+def test_plain_text_trains_on_everything_and_ends_with_eos(tok):
+    enc = encode_sample(tok, {"text": "The quick brown fox."}, max_len=512)
+    assert enc.labels == enc.input_ids and enc.input_ids[-1] == tok.eos_token_id
+
+
+def cfg_for(*paths, **data):
+    return RunConfig.from_dict({"model": "m", "datasets": [str(p) for p in paths], "data": data})
+
+
+def test_no_usable_rows_names_the_file(tmp_path, tok):
+    path = write(tmp_path / "bad.jsonl", [{"instruction": "q", "output": ""}])
+    with pytest.raises(DataError) as info:
+        build(cfg_for(path), tok)
+    assert "no usable rows" in str(info.value) and "bad.jsonl" in str(info.value)
+
+
+def test_a_reply_cut_off_by_max_length_drops_the_row(tmp_path, tok):
+    long = {"instruction": "word " * 200, "output": "short"}
+    path = write(tmp_path / "d.jsonl", ALPACA + [long])
+    data = build(cfg_for(path, max_seq_len=64), tok)
+    assert len(data.train) == 6 and any("max length" in p.message for p in data.dropped)
+
+
+def test_mix_ratios_set_each_dataset_share(tmp_path, tok):
+    a = write(tmp_path / "a.jsonl", [{"instruction": f"a{i}", "output": "x"} for i in range(90)])
+    b = write(tmp_path / "b.jsonl", [{"instruction": f"b{i}", "output": "y"} for i in range(30)])
+    cfg = RunConfig.from_dict({"model": "m", "datasets": [{"path": str(a), "ratio": 0.5},
+                                                          {"path": str(b), "ratio": 0.5}]})
+    data = build(cfg, tok)
+    y_id = tok("y", add_special_tokens=False)["input_ids"][0]
+    from_b = sum(1 for x in data.train if y_id in [t for t in x["labels"] if t != IGNORE])
+    assert len(data.train) == 120 and from_b == 60
+
+
+def test_eval_split_holds_rows_out(tmp_path, tok):
+    path = write(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "output": "a"} for i in range(20)])
+    data = build(cfg_for(path, eval_split=0.2), tok)
+    assert len(data.eval) == 4 and len(data.train) == 16

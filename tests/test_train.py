@@ -1,0 +1,184 @@
+"""The training worker on a tiny random model: real Trainer, real peft, real subprocesses."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from core.config import RunConfig
+from core.runfiles import RunDir
+from core.train import run
+
+DATA = ROOT / "presets" / "data"
+
+
+def config(tiny_model, out, **sections):
+    base = {"model": str(tiny_model), "datasets": [str(DATA / "identity.jsonl"), str(DATA / "general.json")],
+            "output_dir": str(out), "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3}}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return RunConfig.from_dict(base)
+
+
+def test_lora_run_writes_metrics_status_and_a_peft_adapter(tiny_model, tmp_path, workspace):
+    run_dir = run(config(tiny_model, tmp_path / "r", data={"eval_split": 0.1}, train={"eval_steps": 2}))
+    status = run_dir.read_status()
+    assert status["state"] == "completed" and status["step"] == 4 == status["total_steps"]
+    rows = run_dir.read_metrics()
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for key in ("epoch", "learning_rate", "grad_norm", "tokens_per_s", "peak_mem_gib"):
+        assert key in steps[0]
+    assert any("eval_loss" in r for r in rows)
+    adapter = run_dir.adapter
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    meta = json.loads((adapter / "workbench.json").read_text())
+    assert meta["base_model"] == str(tiny_model) and meta["metrics"]["steps"] == 4
+    assert meta["metrics"]["eval_loss"] is not None
+    assert (run_dir.config).is_file() and not list(adapter.parent.glob(".adapter.tmp"))
+
+
+def test_adapter_loads_in_plain_peft_with_the_engines_greedy_output(tiny_model, tmp_path, workspace):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.chat import one_shot
+
+    run_dir = run(config(tiny_model, tmp_path / "r", train={"max_steps": 6, "learning_rate": 5e-3}))
+    reply = one_shot(run_dir.adapter, "Who are you?", max_new_tokens=12)
+
+    tok = AutoTokenizer.from_pretrained(run_dir.adapter)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, run_dir.adapter).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    plain = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert reply == plain
+    base_reply = one_shot(None, "Who are you?", base=str(tiny_model), max_new_tokens=12)
+    assert base_reply != reply, "the adapter should change the tiny model's greedy output"
+
+
+@pytest.mark.parametrize("sections", [
+    {"lora": {"rslora": True, "target_modules": "q_proj,v_proj"}},
+    {"lora": {"dora": True}},
+    {"train": {"gradient_checkpointing": True, "optimizer": "adamw8bit", "scheduler": "linear"}},
+    {"data": {"packing": True}},
+    {"data": {"train_on": "all"}, "train": {"dtype": "bf16", "optimizer": "paged_adamw8bit"}},
+], ids=["rslora-targets", "dora", "ckpt-adamw8bit", "packing", "train-on-all-bf16-paged"])
+def test_training_options_run(tiny_model, tmp_path, workspace, sections):
+    run_dir = run(config(tiny_model, tmp_path / "r", **sections))
+    assert run_dir.read_status()["state"] == "completed"
+    losses = [r["loss"] for r in run_dir.read_metrics() if "loss" in r]
+    assert len(losses) == 4 and all(l == l for l in losses)
+    if "lora" in sections and "target_modules" in sections["lora"]:
+        cfg = json.loads((run_dir.adapter / "adapter_config.json").read_text())
+        assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"] and cfg["use_rslora"]
+
+
+def test_packing_takes_fewer_steps_per_epoch(tiny_model, tmp_path, workspace):
+    plain = run(config(tiny_model, tmp_path / "a", train={"max_steps": 0, "epochs": 1}))
+    packed = run(config(tiny_model, tmp_path / "b", train={"max_steps": 0, "epochs": 1},
+                        data={"packing": True, "max_seq_len": 512}))
+    assert packed.read_status()["total_steps"] < plain.read_status()["total_steps"]
+
+
+def test_qlora_step_on_cpu(tiny_model, tmp_path, workspace):
+    run_dir = run(config(tiny_model, tmp_path / "q", method="qlora", train={"max_steps": 2}))
+    assert run_dir.read_status()["state"] == "completed"
+    assert (run_dir.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_full_and_freeze_train_the_right_parameters(tiny_model, tmp_path, workspace):
+    full = run(config(tiny_model, tmp_path / "full", method="full", train={"max_steps": 2, "learning_rate": 1e-4}))
+    freeze = run(config(tiny_model, tmp_path / "frz", method="freeze", freeze={"trainable_layers": 1},
+                        train={"max_steps": 2, "learning_rate": 1e-4}))
+    f, z = full.read_status(), freeze.read_status()
+    assert f["trainable_params"] == f["total_params"]
+    assert 0 < z["trainable_params"] < f["trainable_params"]
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tuned = AutoModelForCausalLM.from_pretrained(freeze.model)
+    same = lambda name: torch.equal(base.state_dict()[name], tuned.state_dict()[name])
+    assert same("model.layers.0.mlp.up_proj.weight") and not same("model.layers.1.mlp.up_proj.weight")
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_keeps_the_step_count(tiny_model, tmp_path, workspace):
+    out = tmp_path / "run"
+    cfg = config(tiny_model, out, train={"max_steps": 400, "batch_size": 2})
+    path = tmp_path / "cfg.yaml"
+    cfg.save(path)
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rd = RunDir(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and rd.read_status().get("step", 0) < 5:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    status = rd.read_status()
+    assert status["state"] == "stopped"
+    ckpt = rd.newest_checkpoint()
+    stopped_at = int(ckpt.name.split("-")[1])
+    assert stopped_at == status["step"] and 5 <= stopped_at < 400
+
+    done = subprocess.run([sys.executable, "-m", "core", "train", "--config", str(rd.config), "--resume"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert rd.read_status()["state"] == "completed" and rd.read_status()["step"] == 400
+    steps = [r["step"] for r in rd.read_metrics() if "loss" in r]
+    assert steps == list(range(1, 401))
+
+
+def test_bad_config_exits_2_with_the_field_and_line_and_writes_nothing(tmp_path, cli, workspace):
+    path = tmp_path / "bad.yaml"
+    out = tmp_path / "never"
+    path.write_text(f"model: SmolLM2-135M-Instruct\noutput_dir: {out}\nlora:\n  rank: 0\n")
+    res = cli("train", "--config", path)
+    assert res.returncode == 2
+    assert f"{path}:4" in res.stderr and "lora.rank" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model,words", [
+    ("/no/such/folder", "not found"),
+    ("someone/surely-missing-model-xyz", "cannot download"),
+])
+def test_missing_model_is_a_clear_error(tmp_path, cli, model, words, workspace):
+    path = tmp_path / "c.yaml"
+    out = tmp_path / "never"
+    path.write_text(f"model: {model}\noutput_dir: {out}\ndatasets: [{DATA / 'general.json'}]\n")
+    res = cli("train", "--config", path)
+    assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_unparseable_dataset_names_file_and_line(tmp_path, cli, tiny_model, workspace):
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q2", "output": \n')
+    path = tmp_path / "c.yaml"
+    out = tmp_path / "never"
+    path.write_text(f"model: {tiny_model}\noutput_dir: {out}\ndatasets: [{data}]\n")
+    res = cli("train", "--config", path)
+    assert res.returncode == 2 and f"{data}:2" in res.stderr and "not valid JSON" in res.stderr
+    assert not out.exists()
+
+
+def test_existing_run_is_never_overwritten(tiny_model, tmp_path, workspace):
+    from core.errors import ConfigError
+    cfg = config(tiny_model, tmp_path / "r", train={"max_steps": 1})
+    run(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(config(tiny_model, tmp_path / "r", train={"max_steps": 1}))

@@ -1,0 +1,1 @@
+"""The browser UI: one module per tab, each a thin layer over core/."""
