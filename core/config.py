@@ -149,6 +149,14 @@ class TrainOptions:
                               label="Weight decay", label_zh="权重衰减", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = no clipping).", "梯度裁剪的范数（0 = 不裁剪）。",
                                label="Max grad norm", label_zh="梯度裁剪", min=0.0)
+    padding_free: bool = opt(False, "Put each batch's samples one after another in a single row instead of "
+                                    "padding them: no compute spent on padding, same loss.",
+                             "把一个批次的样本首尾相接放进一行而不是填充：不在填充上浪费计算，损失不变。",
+                             label="Padding-free batches", label_zh="无填充批次")
+    fused_loss: bool = opt(False, "Compute the loss in chunks straight from the last hidden states, so the "
+                                  "logits of a large vocabulary are never held whole in memory.",
+                           "直接从最后的隐藏状态分块计算损失，大词表的 logits 不会整体驻留内存。",
+                           label="Fused loss", label_zh="融合损失")
     logging_steps: int = opt(1, "Write metrics every N optimizer steps.", "每 N 个优化步记录一次指标。",
                              label="Log every", label_zh="记录间隔", min=1)
     eval_steps: int = opt(0, "Evaluate every N steps (0 = at the end of each epoch when there is an eval split).",

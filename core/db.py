@@ -1,0 +1,105 @@
+"""The workspace database (workbench.db): jobs, datasets, adapters. The only state that is not a file.
+
+SQLite in WAL mode, so readers never block the writer; writes go through `transaction()`
+(BEGIN IMMEDIATE) and retry while another process holds the lock.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.workspace import home
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,          -- run id, also the run folder name
+    name        TEXT NOT NULL DEFAULT '',
+    run_dir     TEXT NOT NULL,
+    model       TEXT NOT NULL DEFAULT '',
+    method      TEXT NOT NULL DEFAULT '',
+    state       TEXT NOT NULL,             -- queued starting running completed failed stopped
+    position    REAL,                      -- order in the queue while queued
+    devices     TEXT NOT NULL DEFAULT 'cpu',
+    resume      INTEGER NOT NULL DEFAULT 0,
+    pid         INTEGER,
+    request_key TEXT UNIQUE,               -- one Start press creates one job, however often it arrives
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name        TEXT PRIMARY KEY,
+    format      TEXT,
+    rows        INTEGER,
+    tokens      INTEGER,
+    files       TEXT NOT NULL DEFAULT '[]', -- JSON list of file names inside datasets/<name>/
+    columns     TEXT NOT NULL DEFAULT '{}', -- JSON column mapping
+    source      TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adapters (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    path        TEXT NOT NULL,             -- the adapter folder (or full model folder)
+    base_model  TEXT NOT NULL DEFAULT '',
+    method      TEXT NOT NULL DEFAULT '',
+    source      TEXT NOT NULL DEFAULT '',  -- trained | imported | mixed
+    run_id      TEXT,
+    created_at  REAL NOT NULL
+);
+"""
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def db_path() -> Path:
+    return home() / "workbench.db"
+
+
+def connect() -> sqlite3.Connection:
+    path = db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=%d" % int(BUSY_TIMEOUT_S * 1000))
+    conn.executescript(SCHEMA)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection | None = None):
+    """BEGIN IMMEDIATE ... COMMIT, retried while the database is locked by another process."""
+    own = conn is None
+    conn = conn or connect()
+    try:
+        for attempt in range(50):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(min(0.05 * (attempt + 1), 1.0))
+        else:
+            raise sqlite3.OperationalError("the workspace database stayed locked; try again")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        if own:
+            conn.close()
+
+
+def query(sql: str, params=()) -> list[dict]:
+    conn = connect()
+    try:
+        return [dict(r) for r in conn.execute(sql, params).fetchall()]
+    finally:
+        conn.close()
