@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.set_defaults(func=cmd_chat)
+
+    from core import runs_cli
+    runs_cli.register(sub)
     return parser
 
 

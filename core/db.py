@@ -6,6 +6,7 @@ SQLite in WAL mode, so readers never block the writer; writes go through `transa
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,15 +60,33 @@ def db_path() -> Path:
     return home() / "workbench.db"
 
 
+_initialised: set[str] = set()
+_init_lock = threading.Lock()
+
+
 def connect() -> sqlite3.Connection:
     path = db_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=%d" % int(BUSY_TIMEOUT_S * 1000))
-    conn.executescript(SCHEMA)
+    with _init_lock:
+        if str(path) not in _initialised:
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            _retry_locked(lambda: conn.executescript(SCHEMA))
+            _initialised.add(str(path))
     return conn
+
+
+def _retry_locked(fn, attempts: int = 100):
+    """Switching to WAL and creating tables need a lock SQLite does not wait for on its own."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.02 * (attempt + 1), 0.5))
 
 
 @contextmanager

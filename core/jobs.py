@@ -1,0 +1,379 @@
+"""The queue and its supervisor: runs wait in the workspace database, the supervisor starts each
+as `python -m core train --config runs/<id>/config.yaml` in its own process group, watches it
+through its pid and status.json, and marks it failed within seconds if it dies.
+
+The UI holds no run state: any process (a restarted UI, the CLI) can open a Supervisor on the
+same workspace and pick up where the last one left off. Only one supervisor at a time starts
+jobs (a lock file decides); every one of them can queue, stop and list.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import db
+from core.config import RunConfig
+from core.errors import WorkbenchError
+from core.runfiles import FINAL_STATES, RunDir, new_run_id
+from core.workspace import home, runs_dir
+
+ACTIVE = ("starting", "running")
+
+
+class JobError(WorkbenchError):
+    """A queue operation that cannot be done (unknown job, wrong state)."""
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    run_dir: str
+    model: str
+    method: str
+    state: str
+    position: float | None
+    devices: str
+    resume: int
+    pid: int | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    request_key: str | None = None
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(Path(self.run_dir))
+
+    @classmethod
+    def from_row(cls, row) -> "Job":
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+def devices_for(cfg: RunConfig) -> str:
+    """The device set a run occupies: 'cpu', or the CUDA device ids it will use."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    wanted = getattr(cfg, "gpus", "") or ""
+    if wanted in ("", "auto"):
+        return "0"
+    if wanted == "all":
+        return ",".join(str(i) for i in range(torch.cuda.device_count()))
+    return wanted
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Queued runs start later, maybe from another folder: pin relative file paths now."""
+    for spec in cfg.datasets:
+        p = Path(spec.path).expanduser()
+        if p.exists():
+            spec.path = str(p.absolute())
+    p = Path(cfg.model).expanduser()
+    if p.exists():
+        cfg.model = str(p.absolute())
+    return cfg
+
+
+# ---- queue operations (any process) --------------------------------------------------------
+
+def submit(cfg: RunConfig, *, request_key: str | None = None) -> Job:
+    """Queue a run. The same request_key always yields the same single job (double clicks,
+    retried requests); distinct keys yield distinct runs."""
+    conn = db.connect()
+    try:
+        if request_key:
+            row = conn.execute("SELECT * FROM jobs WHERE request_key=?", (request_key,)).fetchone()
+            if row:
+                return Job.from_row(row)
+        cfg = _absolute_paths(RunConfig.from_dict(cfg.to_dict()))
+        run_id = new_run_id(cfg.name or Path(cfg.model).name)
+        run = RunDir(runs_dir() / run_id)
+        cfg.output_dir = str(run.root)
+        run.root.mkdir(parents=True, exist_ok=False)
+        cfg.save(run.config)
+        run.write_status(state="queued")
+        try:
+            with db.transaction(conn):
+                if request_key:
+                    row = conn.execute("SELECT * FROM jobs WHERE request_key=?", (request_key,)).fetchone()
+                    if row:
+                        raise _Duplicate(row)
+                last = conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0] or 0
+                conn.execute(
+                    "INSERT INTO jobs (id, name, run_dir, model, method, state, position, devices, request_key, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                    (run_id, cfg.name, str(run.root), cfg.model, cfg.method, last + 1, devices_for(cfg),
+                     request_key, time.time()))
+        except _Duplicate as dup:
+            import shutil
+            shutil.rmtree(run.root, ignore_errors=True)
+            return Job.from_row(dup.row)
+        except BaseException:
+            import shutil
+            shutil.rmtree(run.root, ignore_errors=True)
+            raise
+        return get(run_id, conn)
+    finally:
+        conn.close()
+
+
+class _Duplicate(Exception):
+    def __init__(self, row):
+        self.row = row
+
+
+def get(job_id: str, conn=None) -> Job:
+    own = conn is None
+    conn = conn or db.connect()
+    try:
+        row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    finally:
+        if own:
+            conn.close()
+    if row is None:
+        raise JobError(f"no run '{job_id}'", field="run")
+    return Job.from_row(row)
+
+
+def list_jobs() -> list[Job]:
+    return [Job.from_row(r) for r in db.query("SELECT * FROM jobs ORDER BY created_at DESC")]
+
+
+def queue() -> list[Job]:
+    return [Job.from_row(r) for r in db.query("SELECT * FROM jobs WHERE state='queued' ORDER BY position")]
+
+
+def queue_position(job_id: str) -> int | None:
+    ids = [j.id for j in queue()]
+    return ids.index(job_id) + 1 if job_id in ids else None
+
+
+def move(job_id: str, delta: int) -> None:
+    """Move a queued run up (delta < 0) or down the queue."""
+    with db.transaction() as conn:
+        rows = conn.execute("SELECT id, position FROM jobs WHERE state='queued' ORDER BY position").fetchall()
+        ids = [r["id"] for r in rows]
+        if job_id not in ids:
+            raise JobError("only a queued run can be moved", field="run")
+        i = ids.index(job_id)
+        j = max(0, min(len(ids) - 1, i + delta))
+        ids.insert(j, ids.pop(i))
+        for pos, jid in enumerate(ids, start=1):
+            conn.execute("UPDATE jobs SET position=? WHERE id=?", (pos, jid))
+
+
+def remove(job_id: str) -> None:
+    """Take a queued run off the queue (its folder goes with it)."""
+    import shutil
+
+    with db.transaction() as conn:
+        row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no run '{job_id}'", field="run")
+        if row["state"] != "queued":
+            raise JobError("only a queued run can be removed; stop it first", field="run")
+        conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+    shutil.rmtree(row["run_dir"], ignore_errors=True)
+
+
+def stop(job_id: str) -> Job:
+    """Ask a run to stop: it saves a checkpoint and ends as 'stopped'. A queued run just leaves the queue."""
+    job = get(job_id)
+    if job.state == "queued":
+        _set(job_id, state="stopped", position=None, finished_at=time.time())
+        job.dir.write_status(state="stopped")
+        return get(job_id)
+    if job.state not in ACTIVE or not job.pid:
+        raise JobError(f"run is {job.state}, not running", field="run")
+    try:
+        os.killpg(job.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    return job
+
+
+def resume(job_id: str) -> Job:
+    """Queue a stopped or failed run again; it continues from its newest checkpoint."""
+    job = get(job_id)
+    if job.state not in ("stopped", "failed"):
+        raise JobError(f"only a stopped or failed run can be resumed (this one is {job.state})", field="run")
+    if job.dir.newest_checkpoint() is None:
+        raise JobError("this run has no checkpoint to resume from; re-run it instead", field="run")
+    with db.transaction() as conn:
+        last = conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0] or 0
+        conn.execute("UPDATE jobs SET state='queued', resume=1, position=?, error=NULL, pid=NULL, finished_at=NULL "
+                     "WHERE id=?", (last + 1, job_id))
+    job.dir.write_status(state="queued", error=None)
+    return get(job_id)
+
+
+def config_of(job_id: str) -> RunConfig:
+    """The run's config, for re-running or cloning into the form (output_dir cleared)."""
+    cfg = RunConfig.load(get(job_id).dir.config)
+    cfg.output_dir = ""
+    return cfg
+
+
+def rerun(job_id: str) -> Job:
+    return submit(config_of(job_id))
+
+
+def _set(job_id: str, **fields) -> None:
+    cols = ", ".join(f"{k}=?" for k in fields)
+    with db.transaction() as conn:
+        conn.execute(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
+
+
+# ---- the supervisor (one per workspace starts jobs) ----------------------------------------
+
+def pid_alive(pid: int | None, run_id: str | None = None) -> bool:
+    """True while the process exists and is not a zombie (and, when given, is this run's worker)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        if run_id is not None:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            return run_id in cmdline
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+class Supervisor:
+    def __init__(self, poll_s: float = 1.0):
+        self.poll_s = poll_s
+        self.children: dict[str, subprocess.Popen] = {}
+        self._lock_file = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # The lock makes sure that two app instances never start the same queued run twice.
+    def _owns_queue(self) -> bool:
+        if self._lock_file is not None:
+            return True
+        home().mkdir(parents=True, exist_ok=True)
+        f = open(home() / ".supervisor.lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._lock_file = f
+        return True
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def tick(self) -> None:
+        """Reconcile active runs with their processes, then start what the queue allows."""
+        for job in [Job.from_row(r) for r in db.query(
+                "SELECT * FROM jobs WHERE state IN ('starting', 'running')")]:
+            self._watch(job)
+        if self._owns_queue():
+            self._start_next()
+
+    def _watch(self, job: Job) -> None:
+        status = job.dir.read_status()
+        child = self.children.get(job.id)
+        alive = child.poll() is None if child else pid_alive(job.pid, job.id)
+        state = status.get("state")
+        if alive:
+            if state == "running" and job.state != "running":
+                _set(job.id, state="running")
+            return
+        self.children.pop(job.id, None)
+        if not job.dir.root.exists():
+            _set(job.id, state="failed", error="the run folder was deleted", finished_at=time.time(), pid=None)
+            return
+        if state in FINAL_STATES and status.get("updated_at", 0) >= (job.started_at or 0):
+            _set(job.id, state=state, error=status.get("error"), finished_at=status.get("finished_at", time.time()),
+                 pid=None)
+            return
+        reason = self._death_reason(child)
+        tail = job.dir.log_tail(12)
+        error = f"{reason}{chr(10) + 'last log lines:' + chr(10) + tail if tail else ''}"
+        job.dir.write_status(state="failed", error=reason, finished_at=time.time())
+        _set(job.id, state="failed", error=error, finished_at=time.time(), pid=None)
+
+    @staticmethod
+    def _death_reason(child: subprocess.Popen | None) -> str:
+        code = child.returncode if child else None
+        if code is None:
+            return "the worker process ended without reporting (killed or crashed)"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
+            return f"the worker process was killed by {name}{hint}"
+        return f"the worker process exited with code {code} without reporting"
+
+    def _start_next(self) -> None:
+        busy = set()
+        for row in db.query("SELECT devices FROM jobs WHERE state IN ('starting', 'running')"):
+            busy |= set(row["devices"].split(","))
+        for job in queue():
+            wanted = set(job.devices.split(","))
+            if wanted & busy:
+                continue
+            if self._launch(job):
+                busy |= wanted
+
+    def _launch(self, job: Job) -> bool:
+        run = job.dir
+        if not run.config.is_file():
+            _set(job.id, state="failed", error="the run folder or its config.yaml was deleted", position=None,
+                 finished_at=time.time())
+            return False
+        cmd = [sys.executable, "-m", "core", "--workspace", str(home()), "train", "--config", str(run.config)]
+        if job.resume:
+            cmd.append("--resume")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if job.devices != "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = job.devices
+        with db.transaction() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job.id,)).fetchone()
+            if row is None or row["state"] != "queued":
+                return False
+            with open(run.log, "ab") as log:
+                child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=os.getcwd(), start_new_session=True)
+            conn.execute("UPDATE jobs SET state='starting', pid=?, started_at=?, position=NULL WHERE id=?",
+                         (child.pid, time.time(), job.id))
+        self.children[job.id] = child
+        return True
+
+    # ---- background thread for the UI ----
+    def start_background(self) -> "Supervisor":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:   # a locked database or a full disk must not end the loop
+                print(f"supervisor: {type(e).__name__}: {e}", file=sys.stderr)
+            self._stop.wait(self.poll_s)
+
+    def shutdown(self) -> None:
+        """Stop watching; the workers keep running and a later supervisor re-attaches."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.release()

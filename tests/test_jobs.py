@@ -1,0 +1,152 @@
+"""The queue and supervisor with real worker processes on the tiny model."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT
+from core import jobs
+from core.config import RunConfig
+from core.runfiles import read_metrics
+
+DATA = ROOT / "presets" / "data" / "identity.jsonl"
+
+
+def cfg(tiny_model, steps=3, name="t"):
+    return RunConfig.from_dict({"model": str(tiny_model), "name": name, "datasets": [str(DATA)],
+                                "train": {"max_steps": steps, "batch_size": 2, "save_steps": 0}})
+
+
+def until(pred, timeout=120, sup=None, every=0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        if sup is not None:
+            sup.tick()
+        if pred():
+            return True
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def state(job_id):
+    return jobs.get(job_id).state
+
+
+def test_queue_runs_one_at_a_time_in_order_and_can_be_reordered(tiny_model, workspace):
+    a, b, c = (jobs.submit(cfg(tiny_model, name=n)) for n in "abc")
+    jobs.move(c.id, -1)
+    assert [j.id for j in jobs.queue()] == [a.id, c.id, b.id]
+    assert jobs.queue_position(b.id) == 3
+    sup = jobs.Supervisor()
+    most_active = 0
+
+    def done():
+        nonlocal most_active
+        states = [state(x.id) for x in (a, b, c)]
+        most_active = max(most_active, sum(s in jobs.ACTIVE for s in states))
+        return all(s == "completed" for s in states)
+
+    until(done, timeout=240, sup=sup)
+    sup.release()
+    started = sorted((jobs.get(x.id).started_at, x.id) for x in (a, b, c))
+    assert [i for _, i in started] == [a.id, c.id, b.id] and most_active == 1
+
+
+def test_remove_takes_a_queued_run_off_the_queue(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model))
+    jobs.remove(job.id)
+    assert jobs.queue() == [] and not job.dir.root.exists()
+
+
+def test_stop_checkpoints_and_resume_continues_the_step_count(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model, steps=300))
+    sup = jobs.Supervisor()
+    until(lambda: job.dir.read_status().get("step", 0) >= 3, sup=sup)
+    jobs.stop(job.id)
+    until(lambda: state(job.id) == "stopped", sup=sup)
+    ckpt = job.dir.newest_checkpoint()
+    assert ckpt is not None
+    jobs.resume(job.id)
+    assert state(job.id) == "queued"
+    until(lambda: state(job.id) == "completed", timeout=300, sup=sup)
+    sup.release()
+    steps = [r["step"] for r in read_metrics(job.dir.metrics) if "loss" in r]
+    assert steps == list(range(1, 301)) and job.dir.read_status()["step"] == 300
+
+
+def test_killed_worker_is_marked_failed_within_seconds(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model, steps=100000))
+    sup = jobs.Supervisor(poll_s=0.5).start_background()
+    try:
+        until(lambda: jobs.get(job.id).state == "running" and job.dir.read_status().get("step", 0) >= 1)
+        os.kill(jobs.get(job.id).pid, signal.SIGKILL)
+        killed = time.time()
+        until(lambda: state(job.id) == "failed", timeout=10)
+        assert time.time() - killed < 5
+        failed = jobs.get(job.id)
+        assert "SIGKILL" in failed.error and "last log lines" in failed.error
+        assert job.dir.read_status()["state"] == "failed"
+        assert sup._thread.is_alive() and jobs.list_jobs()
+    finally:
+        sup.shutdown()
+
+
+def test_a_restarted_supervisor_reattaches_and_the_run_completes(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model, steps=150))
+    first = subprocess.Popen([sys.executable, "-m", "core", "runs", "supervise", "--poll", "0.3"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: job.dir.read_status().get("step", 0) >= 2)
+        first.kill()
+        first.wait()
+        worker = jobs.get(job.id).pid
+        assert jobs.pid_alive(worker, job.id), "the worker must outlive the supervisor that started it"
+        second = subprocess.run([sys.executable, "-m", "core", "runs", "supervise", "--until-idle", "--poll", "0.3"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert state(job.id) == "completed" and job.dir.read_status()["step"] == 150
+
+
+def test_concurrent_start_requests_each_create_exactly_one_run(tiny_model, workspace):
+    config = cfg(tiny_model)
+    made, errors = [], []
+
+    def press(key):
+        try:
+            made.append(jobs.submit(config, request_key=key).id)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=press, args=(f"tab-{i}",)) for i in range(5)]
+    threads += [threading.Thread(target=press, args=("double-click",)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    all_jobs = jobs.list_jobs()
+    assert len(all_jobs) == 6 and len(set(made)) == 6
+    assert len(list((workspace / "runs").iterdir())) == 6
+
+
+def test_damaged_files_and_a_deleted_folder_never_break_the_queue(tiny_model, workspace):
+    import shutil
+    broken = jobs.submit(cfg(tiny_model))
+    broken.dir.status.write_text("{not json")
+    with open(broken.dir.metrics, "w") as f:
+        f.write('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert broken.dir.read_status() == {} and len(read_metrics(broken.dir.metrics)) == 1
+    gone = jobs.submit(cfg(tiny_model))
+    shutil.rmtree(gone.dir.root)
+    jobs.move(gone.id, -5)
+    sup = jobs.Supervisor()
+    until(lambda: state(gone.id) == "failed" and state(broken.id) == "completed", timeout=180, sup=sup)
+    sup.release()
+    assert "deleted" in jobs.get(gone.id).error
