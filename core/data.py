@@ -1,21 +1,27 @@
 """Datasets for a run: find the files, read and check them, tokenize with the loss mask, mix by
-ratio, hold out an eval split, and pack. The report of `check_file` is what the Data tab and
-`python -m core data check` show."""
+ratio, hold out an eval split, and pack. The reports of `check_file` / `check_files` are what the
+Data tab and `python -m core data check` show."""
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.batching import as_item, pack
 from core.config import DatasetSpec, RunConfig
 from core.encode import encode_sample, ensure_chat_template
-from core.errors import DataError
-from core.formats import FORMATS, RowProblem, detect, normalize
-from core.readers import read_records
+from core.errors import DataError, WorkbenchError
+from core.formats import FORMATS, RowProblem, columns_for, detect, detect_record, format_from_mapping, normalize
+from core.formats import variant as format_variant
+from core.readers import max_upload_mb, read_records
 from core.workspace import datasets_dir, read_json
+
+FORMAT_NAMES = {"alpaca": "Alpaca (instruction / output)", "messages": "Chat messages (role / content)",
+                "sharegpt": "ShareGPT conversations (from / value)",
+                "preference": "Preference pairs (chosen / rejected)", "text": "Plain text"}
+CHAT_LIKE = {"messages", "sharegpt"}     # the same conversations, read with different key names
 
 
 @dataclass
@@ -24,10 +30,14 @@ class Problem:
     message: str
     field: str | None = None
     file: str | None = None
+    kind: str = "invalid"      # invalid | unreadable | mixed_format | duplicate
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.file else f"line {self.line}"
         return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "message": self.message, "field": self.field, "kind": self.kind}
 
 
 @dataclass
@@ -40,6 +50,9 @@ class DataReport:
     lines: list[int] = field(default_factory=list)      # the line each sample came from
     problems: list[Problem] = field(default_factory=list)
     format_counts: dict = field(default_factory=dict)
+    variant: str | None = None                          # preference pairs: sharegpt | messages | alpaca
+    columns_found: list[str] = field(default_factory=list)
+    mapping: dict = field(default_factory=dict)         # the columns each canonical field was read from
 
     @property
     def rows_usable(self) -> int:
@@ -49,51 +62,148 @@ class DataReport:
     def usable(self) -> bool:
         return self.rows_usable > 0
 
+    @property
+    def features(self) -> dict:
+        """Rows with tools, with a system prompt, with several assistant turns, with tool results."""
+        counts = Counter()
+        for s in self.samples:
+            roles = [m["role"] for m in s.get("messages", [])]
+            counts["tools"] += "tools" in s
+            counts["system"] += "system" in roles
+            counts["multi_turn"] += roles.count("assistant") > 1
+            counts["tool_results"] += "tool" in roles
+        return {k: counts[k] for k in ("tools", "system", "multi_turn", "tool_results")}
+
+    @property
+    def label(self) -> str:
+        """The format in words, e.g. 'ShareGPT conversations (from / value) with tools'."""
+        text = FORMAT_NAMES.get(self.format, str(self.format))
+        if self.variant:
+            text += f", {self.variant} form"
+        if self.features["tools"]:
+            text += " with tools"
+        return text
+
     def to_dict(self, max_problems: int = 1000) -> dict:
-        return {"file": self.file, "format": self.format, "confidence": round(self.confidence, 3),
-                "rows_read": self.rows_read, "rows_usable": self.rows_usable, "usable": self.usable,
-                "format_counts": self.format_counts,
-                "problems": [{"line": p.line, "message": p.message, "field": p.field}
-                             for p in self.problems[:max_problems]],
-                "problems_total": len(self.problems)}
+        return {"file": self.file, "format": self.format, "label": self.label, "variant": self.variant,
+                "confidence": round(self.confidence, 3), "rows_read": self.rows_read,
+                "rows_usable": self.rows_usable, "usable": self.usable, "format_counts": self.format_counts,
+                "features": self.features, "columns_found": self.columns_found, "mapping": self.mapping,
+                "problems": [p.to_dict() for p in self.problems[:max_problems]],
+                "problems_total": len(self.problems),
+                "problems_by_kind": dict(Counter(p.kind for p in self.problems))}
 
 
 def check_file(path: str | Path, fmt: str = "auto", columns: dict | None = None,
-               display_name: str | None = None) -> DataReport:
-    """Read, detect and validate one file. File-level problems raise DataError."""
-    fr = read_records(path, display_name)
-    records = [r for r in fr.records if r.problem is None]
+               display_name: str | None = None, max_mb: float | None = None) -> DataReport:
+    """Read, detect and validate one file. File-level problems raise DataError; each row-level
+    problem is listed with its line. `max_mb` refuses a larger file (None: no limit)."""
+    fr = read_records(path, display_name, max_mb)
     if not fr.records:
         raise DataError("the file holds no rows", file=fr.file)
+    records = [r for r in fr.records if r.problem is None]
+    if not records:
+        first = fr.records[0]
+        raise DataError(f"no row could be read ({first.problem})", file=fr.file, line=first.line)
     detection = detect([r.data for r in records])
-    chosen = detection.format if fmt == "auto" else fmt
-    if chosen is None:
-        cols = sorted({k for r in records[:50] for k in r.data})
-        raise DataError(f"cannot tell the format from the columns ({', '.join(map(str, cols[:12]))}); map the "
-                        f"columns or pick the format", file=fr.file, line=records[0].line if records else None,
-                        hint="does the file have a header row?" if str(path).lower().endswith(".csv") else None)
-    if chosen not in FORMATS:
-        raise DataError(f"unknown format '{chosen}'", file=fr.file, field="format")
-    report = DataReport(fr.file, chosen, detection.confidence if fmt == "auto" else 1.0, len(fr.records),
-                        format_counts=detection.counts)
+    chosen = _choose_format(fmt, columns, detection.format, records, fr.file)
+    first = records[0].data
+    report = DataReport(fr.file, chosen, detection.confidence if chosen == detection.format else 1.0,
+                        len(fr.records), format_counts=detection.counts,
+                        variant=format_variant(first, chosen, columns),
+                        columns_found=sorted({str(k) for r in records[:200] for k in r.data}),
+                        mapping=columns_for(chosen, first, columns))
+    # Rows of another format are flagged only when the file's format is the one most rows have.
+    mixed_check = detection.format == chosen or {detection.format, chosen} <= CHAT_LIKE
     seen: dict[str, int] = {}
     for rec in fr.records:
-        if rec.problem:
-            report.problems.append(Problem(rec.line, rec.problem, file=fr.file))
-            continue
-        try:
-            sample = normalize(rec.data, chosen, columns)
-        except RowProblem as p:
-            report.problems.append(Problem(rec.line, str(p), p.field, fr.file))
-            continue
-        key = hashlib.sha1(json.dumps(sample, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        if key in seen:
-            report.problems.append(Problem(rec.line, f"exact duplicate of line {seen[key]} (skipped)", file=fr.file))
-            continue
-        seen[key] = rec.line
-        report.samples.append(sample)
-        report.lines.append(rec.line)
+        sample, problem = _check_record(rec, chosen, columns, mixed_check)
+        if sample is not None:
+            key = hashlib.sha1(json.dumps(sample, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            if key in seen:
+                problem = Problem(rec.line, f"exact duplicate of line {seen[key]} (skipped)", kind="duplicate")
+            else:
+                seen[key] = rec.line
+                report.samples.append(sample)
+                report.lines.append(rec.line)
+        if problem is not None:
+            problem.file = fr.file
+            report.problems.append(problem)
     return report
+
+
+def _choose_format(fmt: str, columns: dict | None, detected: str | None, records, file: str) -> str:
+    chosen = detected if fmt == "auto" else fmt
+    if fmt == "auto" and columns:
+        chosen = format_from_mapping(columns) or detected
+    if chosen is None:
+        cols = sorted({str(k) for r in records[:50] for k in r.data})
+        hint = "does the file have a header row?" if file.lower().endswith(".csv") else None
+        raise DataError(f"cannot tell the format from the columns ({', '.join(cols[:12])}); map the columns or "
+                        f"pick the format", file=file, line=records[0].line, hint=hint)
+    if chosen not in FORMATS:
+        raise DataError(f"unknown format '{chosen}'; use one of {', '.join(FORMATS)}", file=file, field="format")
+    return chosen
+
+
+def _check_record(rec, fmt: str, columns: dict | None, mixed_check: bool):
+    """(sample, None) for a usable row, (None, Problem) otherwise."""
+    if rec.problem:
+        return None, Problem(rec.line, rec.problem, kind="unreadable")
+    own = detect_record(rec.data)
+    if mixed_check and own not in (None, fmt) and {own, fmt} != CHAT_LIKE:
+        return None, Problem(rec.line, f"this row looks like {own} data, the file is {fmt} (mixed formats; "
+                                       f"skipped)", kind="mixed_format")
+    try:
+        return normalize(rec.data, fmt, columns), None
+    except RowProblem as p:
+        return None, Problem(rec.line, str(p), p.field)
+
+
+@dataclass
+class FileCheck:
+    """One file's outcome: a report, or the error that stopped it from being read."""
+    file: str
+    report: DataReport | None = None
+    error: WorkbenchError | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.report is not None and self.report.usable
+
+    def to_dict(self, max_problems: int = 1000) -> dict:
+        return {"file": self.file, "usable": self.usable,
+                "error": self.error.to_dict() if self.error else None,
+                "report": self.report.to_dict(max_problems) if self.report else None}
+
+
+def check_files(paths: list[str | Path], fmt: str = "auto", columns: dict | None = None,
+                names: list[str] | None = None, max_mb: float | None = None) -> list[FileCheck]:
+    """Check uploaded files one by one; a file that cannot be read becomes an error entry, never an
+    exception. `names` are the names to show (an upload's own file names); files over `max_mb`
+    (default: $WORKBENCH_MAX_UPLOAD_MB or 512) are refused."""
+    limit = max_upload_mb(max_mb)
+    checks = []
+    for i, path in enumerate(paths):
+        name = names[i] if names else str(path)
+        try:
+            checks.append(FileCheck(name, report=check_file(path, fmt, columns, name, limit)))
+        except WorkbenchError as e:
+            checks.append(FileCheck(name, error=e))
+    return checks
+
+
+def report_lines(check: FileCheck, max_problems: int = 20) -> list[str]:
+    """A file's check as plain text lines (the CLI prints these)."""
+    if check.error:
+        return [f"error: {check.error}" if check.error.file else f"{check.file}: error: {check.error}"]
+    r = check.report
+    lines = [f"{r.file}: {r.format} ({r.label}), {r.rows_read} rows read, {r.rows_usable} usable"
+             + ("" if r.usable else " - NOT USABLE")]
+    lines += [f"  line {p.line}: {p.message}" for p in r.problems[:max_problems]]
+    if len(r.problems) > max_problems:
+        lines.append(f"  ... and {len(r.problems) - max_problems} more problems")
+    return lines
 
 
 def resolve_files(spec_path: str) -> list[tuple[Path, dict]]:
@@ -103,17 +213,26 @@ def resolve_files(spec_path: str) -> list[tuple[Path, dict]]:
         return [(p, {})]
     if p.is_dir():
         raise DataError("is a folder; name the data files in it", file=spec_path, field="datasets")
-    meta = read_json(datasets_dir() / spec_path / "meta.json")
-    if meta and "/" not in spec_path and ".." not in spec_path:
+    if _plain_name(spec_path):
         folder = datasets_dir() / spec_path
-        return [(folder / f, meta) for f in meta.get("files", [])]
+        meta = read_json(folder / "meta.json")
+        if isinstance(meta, dict):
+            files = [str(f) for f in meta.get("files", [])]
+            if not all(_plain_name(f) for f in files):
+                raise DataError("meta.json names a file outside the dataset folder", file=str(folder / "meta.json"))
+            return [(folder / f, meta) for f in files]
     raise DataError("no such file, and no saved dataset of that name", file=spec_path, field="datasets")
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def load_spec(spec: DatasetSpec) -> list[DataReport]:
     reports = []
     for path, meta in resolve_files(spec.path):
-        fmt = spec.format if spec.format != "auto" else meta.get("format", "auto")
+        saved_format = (meta.get("formats") or {}).get(path.name) or meta.get("format", "auto")
+        fmt = spec.format if spec.format != "auto" else saved_format
         columns = spec.columns or meta.get("columns") or None
         reports.append(check_file(path, fmt, columns, display_name=str(path)))
     return reports
@@ -135,6 +254,8 @@ class TrainingData:
 
 def build(cfg: RunConfig, tokenizer) -> TrainingData:
     """Everything the trainer needs from the data. Raises DataError when no row is usable."""
+    from core.batching import as_item, pack     # torch: only the trainer needs it
+
     if not cfg.datasets:
         raise DataError("no dataset given", field="datasets")
     ensure_chat_template(tokenizer)

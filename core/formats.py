@@ -1,12 +1,19 @@
 """Data formats: detect which one a file uses, and turn each record into a sample the trainer
-understands: {"messages": [...]} for conversations or {"text": ...} for raw text.
+understands: {"messages": [...], "tools": [...]} for conversations or {"text": ...} for raw text.
 
 Formats (the public ones of LLaMA-Factory's data folder and the OpenAI API):
   alpaca      instruction, input (optional), output, system (optional), history (optional)
   messages    messages: [{role, content}, ...]
   sharegpt    conversations: [{from, value}, ...], optional system and tools
-  preference  chosen + rejected (with prompt/instruction or conversations); trains on the chosen reply
+  preference  chosen + rejected, with prompt/instruction (alpaca form), conversations (the
+              LLaMA-Factory DPO form, chosen/rejected are single turns) or message lists (TRL
+              form); trains on the chosen reply
   text        text (continued pre-training)
+
+A column mapping renames the canonical fields of a format to the columns of a file, e.g.
+{"instruction": "question", "output": "answer"}. For conversations it may also name the values
+the role field uses (LLaMA-Factory's tags): user_tag, assistant_tag, observation_tag,
+function_tag, system_tag.
 """
 from __future__ import annotations
 
@@ -16,22 +23,30 @@ from dataclasses import dataclass
 
 FORMATS = ("alpaca", "messages", "sharegpt", "preference", "text")
 
-# The canonical column of each format, and the names it is looked up under by default.
+# The canonical fields of each format, and the columns they are looked up under by default.
 DEFAULT_COLUMNS = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output", "system": "system",
                "history": "history"},
     "messages": {"messages": "messages", "role": "role", "content": "content", "tools": "tools"},
     "sharegpt": {"messages": "conversations", "role": "from", "content": "value", "system": "system",
                  "tools": "tools"},
-    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": "system"},
+    "preference": {"prompt": "prompt", "input": "input", "chosen": "chosen", "rejected": "rejected",
+                   "system": "system", "history": "history", "messages": "conversations", "role": "from",
+                   "content": "value"},
     "text": {"text": "text"},
 }
+REQUIRED = {"alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("messages",),
+            "preference": ("chosen", "rejected"), "text": ("text",)}
+CHAT_FORMATS = ("messages", "sharegpt", "preference")
 
 ROLE_ALIASES = {
     "user": "user", "human": "user", "system": "system", "assistant": "assistant", "gpt": "assistant",
     "bot": "assistant", "model": "assistant", "tool": "tool", "observation": "tool", "function": "tool",
     "function_call": "assistant", "ipython": "tool",
 }
+# Mapping keys that name a role value rather than a column.
+ROLE_TAGS = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool",
+             "function_tag": "assistant", "system_tag": "system"}
 
 
 class RowProblem(ValueError):
@@ -47,6 +62,16 @@ class Detection:
     format: str | None
     confidence: float          # share of records that look like this format
     counts: dict
+
+
+def mapping_fields(fmt: str) -> list[dict]:
+    """What a column-mapping form shows for a format: each canonical field, its default column,
+    whether it is required, and whether it names a column or a role value."""
+    fields = [{"field": k, "default": v, "required": k in REQUIRED[fmt], "kind": "column"}
+              for k, v in DEFAULT_COLUMNS[fmt].items()]
+    if fmt in CHAT_FORMATS:
+        fields += [{"field": k, "default": "", "required": False, "kind": "role value"} for k in ROLE_TAGS]
+    return fields
 
 
 def detect_record(data: dict) -> str | None:
@@ -78,23 +103,67 @@ def detect(records: list[dict]) -> Detection:
     return Detection(fmt, n / total, {str(k): v for k, v in counts.items()})
 
 
+def format_from_mapping(mapping: dict | None) -> str | None:
+    """The format a user's column mapping implies, when the columns alone do not tell."""
+    keys = set(mapping or {})
+    if {"chosen", "rejected"} <= keys:
+        return "preference"
+    if "messages" in keys or keys & set(ROLE_TAGS):
+        return "sharegpt" if mapping.get("role", "from") == "from" else "messages"
+    if keys & {"instruction", "output"}:
+        return "alpaca"
+    if "text" in keys:
+        return "text"
+    return None
+
+
 def columns_for(fmt: str, record: dict | None = None, mapping: dict | None = None) -> dict:
+    """The columns to read for this format: defaults, adjusted to the record's own names, then the
+    user's mapping on top."""
     cols = dict(DEFAULT_COLUMNS[fmt])
-    if fmt == "sharegpt" and record is not None and "conversations" not in record and "messages" in record:
-        cols["messages"] = "messages"
-    if fmt == "messages" and record is not None and "messages" not in record and "conversations" in record:
-        cols["messages"] = "conversations"
-    if fmt == "alpaca" and record is not None and "instruction" not in record and "prompt" in record:
+    record = record if isinstance(record, dict) else {}
+    mapping = mapping or {}
+    if fmt == "alpaca" and "instruction" not in record and "prompt" in record:
         cols["instruction"] = "prompt"
         cols["output"] = "completion" if "completion" in record else "response"
-    if fmt == "text" and record is not None and "text" not in record and "content" in record:
+    if fmt == "preference" and "prompt" not in record and "instruction" in record:
+        cols["prompt"] = "instruction"
+    if fmt == "text" and "text" not in record and "content" in record:
         cols["text"] = "content"
-    cols.update(mapping or {})
+    if fmt in CHAT_FORMATS:
+        _adapt_chat_columns(cols, record, mapping)
+    cols.update(mapping)
     return cols
 
 
+def _adapt_chat_columns(cols: dict, record: dict, mapping: dict) -> None:
+    """Take the conversation from `messages` or `conversations`, whichever the record has, and
+    read the turns with the keys the first turn uses (from/value or role/content)."""
+    if cols["messages"] not in record:
+        other = "messages" if cols["messages"] == "conversations" else "conversations"
+        if other in record:
+            cols["messages"] = other
+    turns = record.get(mapping.get("messages", cols["messages"]))
+    first = next((t for t in turns if isinstance(t, dict)), {}) if isinstance(turns, list) else {}
+    if "from" in first and "value" in first:
+        cols["role"], cols["content"] = "from", "value"
+    elif "role" in first:
+        cols["role"], cols["content"] = "role", "content"
+
+
+def variant(data: dict, fmt: str, mapping: dict | None = None) -> str | None:
+    """Which form of preference pairs a record uses: sharegpt (conversations + one chosen turn),
+    messages (chosen/rejected are message lists) or alpaca (prompt + chosen/rejected text)."""
+    if fmt != "preference":
+        return None
+    cols = columns_for(fmt, data, mapping)
+    if cols["messages"] in data:
+        return "sharegpt"
+    return "messages" if isinstance(data.get(cols["chosen"]), list) else "alpaca"
+
+
 def normalize(data: dict, fmt: str, mapping: dict | None = None) -> dict:
-    """One record -> {"messages": [...], "tools": ...} or {"text": ...}. Raises RowProblem."""
+    """One record -> {"messages": [...], "tools": [...]} or {"text": ...}. Raises RowProblem."""
     cols = columns_for(fmt, data, mapping)
     if fmt == "text":
         return {"text": _text(data, cols["text"])}
@@ -103,6 +172,13 @@ def normalize(data: dict, fmt: str, mapping: dict | None = None) -> dict:
     if fmt == "preference":
         return _from_preference(data, cols)
     return _from_chat(data, cols, sharegpt=(fmt == "sharegpt"))
+
+
+def type_name(value) -> str:
+    """JSON's names for Python types, as a user who wrote the file knows them."""
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _text(data: dict, col: str, *, required: bool = True) -> str:
@@ -114,7 +190,7 @@ def _text(data: dict, col: str, *, required: bool = True) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise RowProblem(f"field '{col}' should be text, got {type(value).__name__}", col)
+        raise RowProblem(f"field '{col}' should be text, got {type_name(value)}", col)
     if required and not value.strip():
         raise RowProblem(f"field '{col}' is empty", col)
     return value
@@ -128,16 +204,23 @@ def _from_alpaca(data: dict, cols: dict) -> dict:
     system = _text(data, cols["system"], required=False)
     if system.strip():
         messages.append({"role": "system", "content": system})
-    history = data.get(cols["history"]) or []
-    if not isinstance(history, list):
-        raise RowProblem(f"field '{cols['history']}' should be a list of [question, answer] pairs", cols["history"])
-    for pair in history:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise RowProblem(f"field '{cols['history']}' should hold [question, answer] pairs", cols["history"])
-        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages += _history(data, cols["history"])
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return {"messages": messages}
+
+
+def _history(data: dict, col: str) -> list[dict]:
+    history = data.get(col) or []
+    if not isinstance(history, list):
+        raise RowProblem(f"field '{col}' should be a list of [question, answer] pairs, got {type_name(history)}",
+                         col)
+    messages = []
+    for pair in history:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise RowProblem(f"field '{col}' should hold [question, answer] pairs", col)
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return messages
 
 
 def _from_chat(data: dict, cols: dict, *, sharegpt: bool) -> dict:
@@ -149,52 +232,104 @@ def _from_chat(data: dict, cols: dict, *, sharegpt: bool) -> dict:
         try:
             turns = json.loads(turns)
         except ValueError:
-            raise RowProblem(f"field '{col}' should be a list of turns", col) from None
+            raise RowProblem(f"field '{col}' should be a list of turns, got text", col) from None
     if not isinstance(turns, list) or not turns:
-        raise RowProblem(f"field '{col}' should be a non-empty list of turns", col)
+        raise RowProblem(f"field '{col}' should be a non-empty list of turns, got {type_name(turns)}", col)
     messages = []
     system = _text(data, cols.get("system", "system"), required=False) if sharegpt else ""
     if system.strip():
         messages.append({"role": "system", "content": system})
+    aliases = _role_aliases(cols)
     for i, turn in enumerate(turns, start=1):
-        if not isinstance(turn, dict):
-            raise RowProblem(f"turn {i} of '{col}' should be an object", col)
-        raw_role = turn.get(cols["role"])
-        role = ROLE_ALIASES.get(str(raw_role).lower()) if raw_role is not None else None
-        if role is None:
-            raise RowProblem(f"turn {i} has unknown role {raw_role!r} (use user, assistant, system or tool)",
-                             cols["role"])
-        content = turn.get(cols["content"])
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise RowProblem(f"turn {i} has no text in '{cols['content']}'", cols["content"])
-        if not content.strip() and role == "assistant":
-            raise RowProblem(f"turn {i} (assistant) is empty", cols["content"])
-        messages.append({"role": role, "content": content})
+        messages.append(_turn(turn, i, col, cols, aliases))
     if messages[-1]["role"] != "assistant":
         raise RowProblem("the conversation does not end with an assistant reply", col)
     if not any(m["role"] == "user" for m in messages):
         raise RowProblem("the conversation has no user turn", col)
     sample = {"messages": messages}
-    tools = data.get(cols.get("tools", "tools"))
+    tools = _tools(data.get(cols.get("tools", "tools")), cols.get("tools", "tools"))
     if tools:
-        sample["tools"] = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+        sample["tools"] = tools
     return sample
 
 
+def _role_aliases(cols: dict) -> dict:
+    aliases = dict(ROLE_ALIASES)
+    for tag, role in ROLE_TAGS.items():
+        if cols.get(tag):
+            aliases[str(cols[tag]).lower()] = role
+    return aliases
+
+
+def _turn(turn, i: int, col: str, cols: dict, aliases: dict) -> dict:
+    if not isinstance(turn, dict):
+        raise RowProblem(f"turn {i} of '{col}' should be an object, got {type_name(turn)}", col)
+    raw_role = turn.get(cols["role"])
+    if raw_role is None:
+        raise RowProblem(f"turn {i} has no '{cols['role']}' (who speaks)", cols["role"])
+    role = aliases.get(str(raw_role).lower())
+    if role is None:
+        raise RowProblem(f"turn {i} has unknown role {raw_role!r} (use user, assistant, system or tool)",
+                         cols["role"])
+    content = turn.get(cols["content"])
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if content is None:
+        raise RowProblem(f"turn {i} has no '{cols['content']}' (the text)", cols["content"])
+    if not isinstance(content, str):
+        raise RowProblem(f"turn {i}: '{cols['content']}' should be text, got {type_name(content)}", cols["content"])
+    if not content.strip() and role in ("user", "assistant"):
+        raise RowProblem(f"turn {i} ({role}) is empty", cols["content"])
+    return {"role": role, "content": content}
+
+
+def _tools(value, col: str) -> list[dict] | None:
+    """Tool descriptions as the chat template wants them: a list of JSON objects. LLaMA-Factory
+    files keep them as a JSON string, often "[]"."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise RowProblem(f"field '{col}' is not valid JSON", col) from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise RowProblem(f"field '{col}' should be a list of tool descriptions (JSON objects)", col)
+    return value or None
+
+
 def _from_preference(data: dict, cols: dict) -> dict:
-    chosen = data.get(cols["chosen"])
-    if isinstance(chosen, dict):
-        chosen = chosen.get("value") or chosen.get("content")
-    if "conversations" in data:
-        sample = _from_chat({**data, "conversations": list(data["conversations"]) +
-                             [{"from": "gpt", "value": chosen}]},
-                            columns_for("sharegpt"), sharegpt=True)
-        return sample
+    chosen = _pair_side(data, cols["chosen"], cols)
+    _pair_side(data, cols["rejected"], cols)
+    if cols["messages"] in data:
+        turns = data[cols["messages"]]
+        if not isinstance(turns, list):
+            raise RowProblem(f"field '{cols['messages']}' should be a list of turns, got {type_name(turns)}",
+                             cols["messages"])
+        reply = chosen if isinstance(chosen, list) else [{cols["role"]: "assistant", cols["content"]: chosen}]
+        return _from_chat({**data, cols["messages"]: list(turns) + reply}, cols, sharegpt=True)
     if isinstance(chosen, list):
-        return _from_chat({"messages": chosen}, columns_for("messages"), sharegpt=False)
-    prompt_col = cols["prompt"] if cols["prompt"] in data else "instruction"
-    return _from_alpaca({cols["prompt"]: data.get(prompt_col), "output": chosen, "input": data.get("input"),
-                         "system": data.get(cols["system"])},
-                        {**DEFAULT_COLUMNS["alpaca"], "instruction": cols["prompt"]})
+        prompt = data.get(cols["prompt"])
+        turns = (prompt if isinstance(prompt, list) else []) + chosen
+        return _from_chat({"messages": turns}, columns_for("messages", {"messages": turns}), sharegpt=False)
+    alpaca = {**cols, "instruction": cols["prompt"], "output": cols["chosen"]}
+    return _from_alpaca({**data, cols["chosen"]: chosen}, alpaca)
+
+
+def _pair_side(data: dict, col: str, cols: dict):
+    """One side of a pair: text, a single turn ({from, value}) reduced to its text, or a list of
+    messages. Raises RowProblem when it is missing, empty or of the wrong type."""
+    value = data.get(col)
+    if isinstance(value, dict):
+        value = value.get(cols["content"], value.get("value", value.get("content")))
+    if value is None:
+        raise RowProblem(f"missing field '{col}'", col)
+    if isinstance(value, list) and value:
+        return value
+    if not isinstance(value, str):
+        raise RowProblem(f"field '{col}' should be text or a list of messages, got {type_name(value)}", col)
+    if not value.strip():
+        raise RowProblem(f"field '{col}' is empty", col)
+    return value
