@@ -1,0 +1,123 @@
+"""Merge an adapter into its base model and export a full model folder that plain transformers loads.
+
+The base is loaded in full precision (never 4-bit, even for QLoRA adapters) so the merge is exact;
+the result is saved as safetensors shards with its tokenizer and chat template into a hidden temp
+folder in exports/, then renamed to exports/<name>/.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from core import library, models
+from core.adapter_check import CONFIG, check_adapter
+from core.chat import adapter_base
+from core.encode import ensure_chat_template
+from core.errors import ConfigError, ModelError
+from core.workspace import atomic_write_json, exports_dir, read_json
+
+Progress = Callable[[str, float, str], None]       # (stage, fraction 0..1, message)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class MergeResult:
+    path: str
+    base_model: str
+    adapter: str
+    dtype: str
+    shards: int
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = "5GB", dtype: str = "auto",
+          progress: Progress | None = None) -> MergeResult:
+    """Merge `adapter` (library name, id or folder) into its base and write exports/<name>/.
+
+    `dtype` "auto" saves in the base model's own dtype; the merge itself always runs in float32."""
+    import torch
+    from peft import PeftModel
+
+    report = progress or (lambda stage, fraction, message: None)
+    report("check", 0.0, "checking the adapter and its base model")
+    folder = library.adapter_dir(adapter)
+    if not (folder / CONFIG).is_file():
+        raise ModelError(f"'{folder}' is a full model already (no {CONFIG}); export it as a zip instead",
+                         field="adapter")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}", field="dtype")
+    name = library.validate_name(name)
+    target = exports_dir() / name
+    if target.exists():
+        raise ConfigError(f"exports/{name} already exists; choose another name", field="name")
+    base = adapter_base(folder)
+    check_adapter(folder, base)
+    resolved = models.resolve(base, field="base_model")
+    config = models.load_config(resolved)
+    if getattr(config, "quantization_config", None):
+        raise ModelError(f"base model '{base}' is stored quantized; merge into its unquantized original",
+                         field="base_model")
+    out_dtype = _output_dtype(dtype, config)
+
+    report("load_base", 0.05, f"loading {base} in float32")
+    model = models.load_causal_lm(resolved, dtype=torch.float32)
+    report("load_adapter", 0.35, "loading the adapter")
+    model = PeftModel.from_pretrained(model, str(folder))
+    report("merge", 0.45, "merging the adapter into the weights")
+    model = model.merge_and_unload(safe_merge=True)
+    report("save", 0.65, f"saving safetensors ({str(out_dtype).replace('torch.', '')})")
+    exports_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=exports_dir()))
+    try:
+        _save(model.to(out_dtype), tmp, folder, resolved, max_shard_size)
+        atomic_write_json(tmp / "workbench.json", {"source": "merged", "base_model": base, "adapter": str(folder),
+                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        tmp.chmod(0o755)
+        os.rename(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"cannot write exports/{name}: {e}", field="name") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shards = len(list(target.glob("*.safetensors")))
+    report("done", 1.0, f"saved {target}")
+    return MergeResult(path=str(target), base_model=base, adapter=str(folder),
+                       dtype=str(out_dtype).replace("torch.", ""), shards=shards, size_bytes=library.folder_size(target))
+
+
+def _output_dtype(dtype: str, config):
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(own, str):
+        own = getattr(torch, own, None)
+    return own if isinstance(own, torch.dtype) and own.is_floating_point else torch.float32
+
+
+def _save(model, out: Path, adapter_folder: Path, resolved, max_shard_size) -> None:
+    """Weights, config without any quantization_config key, generation config, tokenizer and chat
+    template (the adapter's own tokenizer when it carries one: that is what it was trained with)."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, max_shard_size=max_shard_size)
+    has_tokenizer = any((adapter_folder / f).is_file() for f in TOKENIZER_FILES)
+    source = models.ResolvedModel(str(adapter_folder), "local", str(adapter_folder)) if has_tokenizer else resolved
+    tokenizer = models.load_tokenizer(source)
+    ensure_chat_template(tokenizer)
+    tokenizer.save_pretrained(out)
+    config = read_json(out / "config.json")
+    if isinstance(config, dict) and "quantization_config" in config:
+        del config["quantization_config"]
+        atomic_write_json(out / "config.json", config)
