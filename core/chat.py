@@ -55,6 +55,9 @@ def chat_dtype() -> torch.dtype:
     return torch.float32
 
 
+ACTIVE = object()    # "the adapter chosen with use()"
+
+
 class ChatEngine:
     """One base model in memory; adapters are added once and switched by name without reloading."""
 
@@ -98,35 +101,41 @@ class ChatEngine:
         return name
 
     def use(self, name: str | None) -> None:
-        """Switch to an adapter by name, or to the plain base model with None."""
+        """Make an adapter (or None: the plain base model) the default for later replies."""
+        self._check(name)
+        self.active = name
+
+    def _check(self, name: str | None) -> None:
         if name is not None and name not in self.adapters:
             raise ModelError(f"adapter '{name}' is not loaded", field="adapter")
-        self.active = name
-        if name is not None:
-            self.model.set_adapter(name)
 
     def _inputs(self, messages: list[dict]) -> dict:
         enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _generate(self, inputs: dict, opts: GenerationOptions, **extra):
+    def _generate(self, inputs: dict, opts: GenerationOptions, adapter, **extra):
+        """Switch adapter and generate under one lock, so concurrent chats never mix adapters."""
+        adapter = self.active if adapter is ACTIVE else adapter
+        self._check(adapter)
         kwargs = dict(**inputs, **opts.kwargs(), pad_token_id=self.tokenizer.pad_token_id, **extra)
-        with torch.inference_mode():
-            if self.active is None and hasattr(self.model, "disable_adapter"):
-                with self.model.disable_adapter():
-                    return self.model.generate(**kwargs)
+        with self.lock, torch.inference_mode():
+            if adapter is None:
+                if hasattr(self.model, "disable_adapter"):
+                    with self.model.disable_adapter():
+                        return self.model.generate(**kwargs)
+                return self.model.generate(**kwargs)
+            self.model.set_adapter(adapter)
             return self.model.generate(**kwargs)
 
-    def reply(self, messages: list[dict], opts: GenerationOptions | None = None) -> str:
+    def reply(self, messages: list[dict], opts: GenerationOptions | None = None, adapter=ACTIVE) -> str:
         opts = opts or GenerationOptions()
         inputs = self._inputs(messages)
-        with self.lock:
-            out = self._generate(inputs, opts)
+        out = self._generate(inputs, opts, adapter)
         return self.tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
     def stream(self, messages: list[dict], opts: GenerationOptions | None = None,
-               stop: threading.Event | None = None) -> Iterator[dict]:
+               stop: threading.Event | None = None, adapter=ACTIVE) -> Iterator[dict]:
         """Yield {"text", "ttft_s", "tokens_per_s", "tokens"} as tokens arrive; `stop` ends it early."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -143,9 +152,8 @@ class ChatEngine:
 
         def work():
             try:
-                with self.lock:
-                    self._generate(inputs, opts, streamer=streamer,
-                                   stopping_criteria=StoppingCriteriaList([_Stop()]))
+                self._generate(inputs, opts, adapter, streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Stop()]))
             except BaseException as e:   # handed to the reader below
                 errors.append(e)
                 streamer.end()

@@ -47,3 +47,11 @@ def run_cli(*args, env=None, timeout=900, cwd=ROOT) -> subprocess.CompletedProce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can save screenshots on failure."""
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep

@@ -1,17 +1,78 @@
-"""Assemble the tabs and launch."""
+"""Assemble the tabs in the order of the work (Data, Train, Runs, Library, Chat) and launch."""
 from __future__ import annotations
 
 import gradio as gr
 
+from core import jobs
 from core.workspace import home
+from core import library
+from webui import chat_tab, data_tab, library_tab, runs_tab, train_tab
+from webui.i18n import LANGS, Translator, t
+
+CSS = """
+#run-progress pre.run-error {white-space: pre-wrap; color: #b00; font-size: 12px; max-height: 220px; overflow: auto}
+.mask-preview .trained {background: #d7f5dd; border-bottom: 2px solid #2e9e48}
+.mask-preview .masked {color: #888}
+#data-preview {max-height: 640px; overflow: auto}
+footer {display: none !important}
+"""
 
 
-def build() -> gr.Blocks:
-    with gr.Blocks(title="LoRA Workbench") as demo:
-        gr.Markdown(f"# LoRA Workbench\nWorkspace: `{home()}`\n\n"
-                    "Train from the command line: `python -m core train --config presets/demo.yaml`")
+def build(lang: str = "en") -> gr.Blocks:
+    tr = Translator()
+    with gr.Blocks(title=t("title", lang)) as demo:
+        lang_state = gr.State(lang)
+        with gr.Row(equal_height=True):
+            tr.add(gr.Markdown(t("header", lang, home=home()), elem_id="header"), "header", "value", home=home())
+            language = gr.Radio(list(LANGS), value=next(k for k, v in LANGS.items() if v == lang),
+                                label=t("language", lang), elem_id="language", scale=0, min_width=220)
+        with gr.Tabs(selected="train") as tabs:
+            with tr.add(gr.Tab(t("tab.data", lang), id="data", elem_id="tab-data"), "tab.data"):
+                data_pick, data_use, data_lib = data_tab.build(tr, lang_state, lang)
+            with tr.add(gr.Tab(t("tab.train", lang), id="train", elem_id="tab-train"), "tab.train") as train_page:
+                train = train_tab.build(tr, lang_state, lang)
+            with tr.add(gr.Tab(t("tab.runs", lang), id="runs", elem_id="tab-runs"), "tab.runs"):
+                run_select, buttons, action_msg = runs_tab.build(tr, lang_state, lang)
+            with tr.add(gr.Tab(t("tab.library", lang), id="library", elem_id="tab-library"), "tab.library") as lib:
+                lib_pick, to_chat, listing, refresh_listing, base_filter = library_tab.build(tr, lang_state, lang)
+            with tr.add(gr.Tab(t("tab.chat", lang), id="chat", elem_id="tab-chat"), "tab.chat") as chat:
+                chat_base, chat_adapter = chat_tab.build(tr, lang_state, lang)
+        runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
+        lib.select(refresh_listing, [base_filter, lib_pick, lang_state], listing)
+        chat.select(lambda lang, current: gr.update(choices=chat_tab.adapter_choices(lang)),
+                    [lang_state, chat_adapter], chat_adapter)
+
+        def open_in_chat(ref, lang):
+            if not ref:
+                return gr.skip(), gr.skip(), gr.skip()
+            info = library.get(ref)
+            return (gr.Tabs(selected="chat"), gr.update(choices=chat_tab.adapter_choices(lang), value=info.id),
+                    info.base_model)
+
+        to_chat.click(open_in_chat, [lib_pick, lang_state], [tabs, chat_adapter, chat_base])
+
+        def use_dataset(name, chosen):
+            chosen = list(chosen or [])
+            if name and name not in chosen:
+                chosen.append(name)
+            return gr.Tabs(selected="train"), gr.update(choices=train_tab.dataset_choices(chosen), value=chosen)
+
+        data_use.click(use_dataset, [data_pick, train.datasets], [tabs, train.datasets])
+        train_page.select(lambda chosen: gr.update(choices=train_tab.dataset_choices(list(chosen or []))),
+                          train.datasets, train.datasets)
+        _wire_language(tr, language, lang_state)
     return demo
 
 
+def _wire_language(tr: Translator, language: gr.Radio, lang_state: gr.State) -> None:
+    def switch(choice):
+        lang = LANGS[choice]
+        return [lang, gr.update(label=t("language", lang))] + tr.updates(lang)
+
+    language.change(switch, language, [lang_state, language] + tr.components())
+
+
 def launch(host: str, port: int, auth=None, share: bool = False) -> None:
-    build().queue().launch(server_name=host, server_port=port, auth=auth, share=share)
+    jobs.Supervisor().start_background()
+    build().queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, auth=auth, share=share,
+                                                      css=CSS, footer_links=[])

@@ -1,0 +1,54 @@
+"""The Data tab in a real browser: upload, detected format, validation report, loss-mask preview,
+length histogram, save to the library and use in the Train form."""
+import pytest
+
+from browser import browser, open_tab, serve, shot
+from conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+FIXTURES = ROOT / "tests" / "fixtures" / "llamafactory"
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, embedded_model):
+    workspace = tmp_path_factory.mktemp("ui-data") / "workspace"
+    with serve(workspace) as (url, _):
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.wait_for_selector("#start")
+            open_tab(page, "Data")
+            yield page
+
+
+def test_upload_shows_format_report_preview_and_lengths(page, tmp_path):
+    bad = tmp_path / "mixed.jsonl"
+    bad.write_text('{"instruction": "Say hi", "output": "Hi!"}\n'
+                   '{"instruction": "Say bye", "output": ""}\n'
+                   '{"messages": [{"role": "user", "content": "Q"}]}\n')
+    page.locator("#data-upload input[type=file]").set_input_files([str(FIXTURES / "alpaca_en_demo.json"), str(bad)])
+    page.wait_for_selector("#data-preview .wb-trained")
+    detected = page.locator("#data-detected").inner_text()
+    assert "alpaca_en_demo.json" in detected and "Alpaca" in detected and "usable" in detected
+    problems = page.locator("#data-problems").inner_text()
+    assert "mixed.jsonl" in problems and "empty" in problems
+    masked = page.locator("#data-preview .wb-sample .wb-masked").first.inner_text()
+    trained = page.locator("#data-preview .wb-sample .wb-trained").first.inner_text()
+    assert "<|im_start|>user" in masked and "<|im_start|>" not in trained
+    page.wait_for_function("() => { const p = document.querySelector('#data-hist .js-plotly-plot');"
+                           " return p && p.data && p.data[0].x.length > 0; }")
+    assert "95%" in page.locator("#data-lengths").inner_text()
+    shot(page, "tab-data")
+
+
+def test_save_to_library_and_use_in_train(page):
+    page.locator("#data-name textarea, #data-name input").first.fill("alpaca-demo")
+    page.locator("#data-save").click()
+    page.wait_for_selector("#data-message >> text=Saved")
+    assert "alpaca-demo" in page.locator("#data-library").inner_text()
+    page.locator("#data-pick input").click()
+    page.get_by_role("option", name="alpaca-demo").click()
+    page.locator("#data-use").click()
+    page.wait_for_function("() => document.querySelector('#datasets').innerText.includes('alpaca-demo')")

@@ -1,0 +1,94 @@
+"""The whole product in a real browser: from the untouched embedded model to chatting with its new
+adapter, in English and Chinese. Screenshots of every tab land in test-artifacts/."""
+import re
+
+import pytest
+
+from browser import browser, open_tab, serve, shot
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, embedded_model):
+    workspace = tmp_path_factory.mktemp("ui") / "workspace"
+    with serve(workspace) as (url, proc):
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            page.wait_for_selector("#start")
+            yield page, proc
+            page.close()
+
+
+@pytest.fixture
+def page(app, request):
+    page, _ = app
+    yield page
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        shot(page, f"failed-{request.node.name}")
+
+
+def chart_points(page) -> int:
+    return page.evaluate("""() => {
+        const plot = document.querySelector('#run-chart .js-plotly-plot');
+        return plot && plot.data && plot.data[0] ? plot.data[0].x.length : 0; }""")
+
+
+def test_first_page_has_the_demo_ready_and_start_queues_it(page):
+    assert page.locator("#preset input").input_value() == "demo"
+    assert "identity.jsonl" in page.locator("#datasets").inner_text()
+    shot(page, "tab-train")
+    page.locator("#start").click()
+    page.wait_for_selector("#train-message >> text=queued")
+
+
+def test_runs_tab_shows_the_chart_growing_until_the_run_completes(page):
+    open_tab(page, "Runs")
+    page.wait_for_selector("#run-progress[data-state='running']", timeout=120_000)
+    page.wait_for_function("() => { const p = document.querySelector('#run-chart .js-plotly-plot');"
+                           " return p && p.data && p.data[0] && p.data[0].x.length >= 2; }", timeout=180_000)
+    first = chart_points(page)
+    page.wait_for_function(f"() => document.querySelector('#run-chart .js-plotly-plot').data[0].x.length > {first}",
+                           timeout=60_000)
+    shot(page, "tab-runs-training")
+    page.wait_for_selector("#run-progress[data-state='completed']", timeout=900_000)
+    assert chart_points(page) >= 30
+    shot(page, "tab-runs")
+
+
+def test_library_lists_the_new_adapter_with_its_metrics(page):
+    open_tab(page, "Library")
+    page.wait_for_function("() => document.querySelector('#lib-table').innerText.includes('demo-')")
+    row = page.locator("#lib-table tbody tr").first.inner_text()
+    assert "demo-" in row and "lora" in row and re.search(r"\d\.\d{4}", row), row
+    shot(page, "tab-library")
+
+
+def test_chat_with_the_adapter_shows_the_new_identity_and_the_base_does_not(page):
+    open_tab(page, "Library")
+    page.locator("#lib-chat").click()
+    page.wait_for_selector("#chat-prompt textarea")
+    page.locator("#chat-side input").check()
+    page.locator("#chat-prompt textarea").fill("Who are you?")
+    page.locator("#chat-send").click()
+    page.wait_for_function("() => document.querySelector('#chat-stats-b').innerText.includes('tokens/s')",
+                           timeout=180_000)
+    page.wait_for_timeout(500)
+    reply_a = page.locator("#chat-a").inner_text()
+    reply_b = page.locator("#chat-b").inner_text()
+    assert "Quill" in reply_a, reply_a
+    assert "Quill" not in reply_b, reply_b
+    assert "tokens/s" in page.locator("#chat-stats-a").inner_text()
+    shot(page, "tab-chat")
+
+
+def test_switching_to_chinese_relabels_the_page(page):
+    page.get_by_label("简体中文").check()
+    page.get_by_role("tab", name="训练").wait_for()
+    open_tab(page, "训练")
+    page.get_by_text("开始训练").wait_for()
+    shot(page, "tab-train-zh")
+    page.get_by_label("English").check()
+    page.get_by_role("tab", name="Train").wait_for()

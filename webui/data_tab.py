@@ -1,0 +1,238 @@
+"""Data tab: upload or fetch data, see the detected format, the validation report, the samples as
+the model will see them (trained tokens marked) and their token lengths; save to the library."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from core import dataset_library as dl
+from core import models
+from core.config import EMBEDDED_MODEL
+from core.data import check_files
+from core.errors import WorkbenchError
+from core.formats import FORMATS, mapping_fields
+from core.llamafactory import import_llamafactory
+from core.preview import length_stats, preview, preview_html
+from webui.i18n import Translator, t
+
+SLOTS = 6               # column-mapping dropdowns; each format uses at most this many column fields
+_tokenizers: dict[str, object] = {}
+
+
+def tokenizer_for(model: str):
+    """Tokenizers are cached per model: previews redraw on every change."""
+    if model not in _tokenizers:
+        _tokenizers[model] = models.load_tokenizer(models.resolve(model))
+    return _tokenizers[model]
+
+
+def column_fields(fmt: str) -> list[dict]:
+    return [f for f in mapping_fields(fmt) if f["kind"] == "column"][:SLOTS] if fmt in FORMATS else []
+
+
+def mapping_from(fmt: str, values: list) -> dict | None:
+    mapping = {f["field"]: v for f, v in zip(column_fields(fmt), values) if v and v != f["default"]}
+    return mapping or None
+
+
+def library_table(lang: str) -> pd.DataFrame:
+    rows = [[d.name, d.format or "", d.rows_usable, d.tokens or "", d.created.replace("T", " ")[:16],
+             ", ".join(d.files)] for d in dl.list_datasets()]
+    return pd.DataFrame(rows, columns=t("data.lib_cols", lang).split("|"))
+
+
+def histogram(stats, lang: str) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=stats.lengths, nbinsx=40, marker={"color": "rgb(99,110,250)"},
+                                 name=t("data.tokens", lang)))
+    fig.add_vline(x=stats.max_len, line={"color": "#d9534f", "dash": "dash"},
+                  annotation_text=t("data.max_len_line", lang, n=stats.max_len), annotation_position="top")
+    fig.update_layout(height=280, margin={"l": 40, "r": 20, "t": 30, "b": 40}, template="plotly_white",
+                      xaxis_title=t("data.tokens", lang), yaxis_title=t("data.rows", lang), showlegend=False)
+    return fig
+
+
+def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            upload = tr.add(gr.File(file_count="multiple", label=t("data.upload", lang), elem_id="data-upload",
+                                    file_types=[".json", ".jsonl", ".csv", ".parquet", ".txt"], height=140),
+                            "data.upload")
+        with gr.Column(scale=2):
+            with tr.add(gr.Accordion(t("data.hub", lang), open=False), "data.hub"):
+                hub_id = tr.add(gr.Textbox(label=t("data.hub_id", lang), max_lines=1), "data.hub_id")
+                with gr.Row():
+                    hub_subset = tr.add(gr.Textbox(label=t("data.hub_subset", lang), max_lines=1), "data.hub_subset")
+                    hub_split = tr.add(gr.Textbox(value="train", label=t("data.hub_split", lang), max_lines=1),
+                                       "data.hub_split")
+                hub_go = tr.add(gr.Button(t("data.hub_go", lang)), "data.hub_go", "value")
+            with tr.add(gr.Accordion(t("data.lf", lang), open=False), "data.lf"):
+                lf_folder = tr.add(gr.Textbox(label=t("data.lf_folder", lang), max_lines=1), "data.lf_folder")
+                lf_go = tr.add(gr.Button(t("data.lf_go", lang)), "data.lf_go", "value")
+    with gr.Row():
+        fmt = tr.add(gr.Dropdown(choices=["auto", *FORMATS], value="auto", label=t("data.format", lang),
+                                 info=t("data.format_hint", lang), elem_id="data-format"), "data.format", "labelinfo")
+        model = tr.add(gr.Dropdown(choices=[EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
+                                   label=t("data.model", lang), info=t("data.model_hint", lang)), "data.model",
+                       "labelinfo")
+        max_len = tr.add(gr.Number(value=1024, minimum=16, precision=0, label=t("data.max_len", lang)),
+                         "data.max_len")
+        train_on = tr.add(gr.Dropdown(choices=["assistant", "all"], value="assistant", label=t("data.train_on", lang)),
+                          "data.train_on")
+        n_samples = tr.add(gr.Slider(1, 20, value=3, step=1, label=t("data.n_samples", lang)), "data.n_samples")
+    with tr.add(gr.Accordion(t("data.mapping", lang), open=False, elem_id="data-mapping"), "data.mapping"):
+        with gr.Row():
+            slots = [gr.Dropdown(choices=[], allow_custom_value=True, visible=False, elem_id=f"map-{i}")
+                     for i in range(SLOTS)]
+    detected = gr.Markdown(elem_id="data-detected")
+    problems = tr.add(gr.Dataframe(interactive=False, label=t("data.problems", lang), elem_id="data-problems",
+                                   wrap=True, max_height=260), "data.problems")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            sample_view = gr.HTML(elem_id="data-preview")
+        with gr.Column(scale=2):
+            hist = gr.Plot(show_label=False, elem_id="data-hist")
+            lengths = gr.Markdown(elem_id="data-lengths")
+    with gr.Row():
+        name = tr.add(gr.Textbox(label=t("data.name", lang), max_lines=1, scale=3, elem_id="data-name"), "data.name")
+        save = tr.add(gr.Button(t("data.save", lang), variant="primary", scale=1, elem_id="data-save"), "data.save",
+                      "value")
+    message = gr.Markdown(elem_id="data-message")
+    with tr.add(gr.Accordion(t("data.library", lang), open=True), "data.library"):
+        lib = gr.Dataframe(value=library_table(lang), interactive=False, elem_id="data-library", show_label=False)
+        with gr.Row():
+            lib_pick = tr.add(gr.Dropdown(choices=[d.name for d in dl.list_datasets()], label=t("data.pick", lang),
+                                          scale=2, elem_id="data-pick"), "data.pick")
+            new_name = tr.add(gr.Textbox(label=t("data.new_name", lang), max_lines=1, scale=2), "data.new_name")
+            rename = tr.add(gr.Button(t("data.rename", lang), scale=1), "data.rename", "value")
+            delete = tr.add(gr.Button(t("data.delete", lang), variant="stop", scale=1), "data.delete", "value")
+            use = tr.add(gr.Button(t("data.use", lang), scale=1, elem_id="data-use"), "data.use", "value")
+
+    def check(files, fmt_value, model_name, n_max, on, n, lang, *slot_values):
+        if not files:
+            return ["", None, "", None, ""] + [gr.update(visible=False)] * SLOTS
+        paths = [Path(f) for f in files]
+        checks = check_files(paths, fmt_value, mapping_from(fmt_value, list(slot_values)),
+                             names=[p.name for p in paths])
+        return _show(checks, model_name, int(n_max or 1024), on, int(n), lang, fmt_value, list(slot_values))
+
+    inputs = [upload, fmt, model, max_len, train_on, n_samples, lang_state, *slots]
+    outputs = [detected, problems, sample_view, hist, lengths, *slots]
+    upload.change(check, inputs, outputs)
+    for comp in (fmt, model, max_len, train_on, n_samples):
+        comp.input(check, inputs, outputs)
+    for slot in slots:
+        slot.input(check, inputs, outputs)
+
+    def on_upload_name(files):
+        return Path(files[0]).stem if files else gr.skip()
+
+    upload.upload(on_upload_name, upload, name)
+
+    def do_save(files, new, fmt_value, model_name, lang, *slot_values):
+        if not files:
+            return t("data.nothing", lang), gr.skip(), gr.skip()
+        try:
+            tok = tokenizer_for(model_name)
+            info = dl.save_dataset(new, files, names=[Path(f).name for f in files], format=fmt_value,
+                                   columns=mapping_from(fmt_value, list(slot_values)), tokenizer=tok)
+        except WorkbenchError as e:
+            return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), library_table(lang),
+                gr.update(choices=[d.name for d in dl.list_datasets()], value=info.name))
+
+    save.click(do_save, [upload, name, fmt, model, lang_state, *slots], [message, lib, lib_pick])
+
+    def lib_action(fn):
+        def handler(pick, text, lang):
+            try:
+                msg = fn(pick, text, lang)
+            except WorkbenchError as e:
+                msg = t("error", lang, error=str(e))
+            return msg, library_table(lang), gr.update(choices=[d.name for d in dl.list_datasets()])
+        return handler
+
+    def do_rename(pick, text, lang):
+        return t("data.renamed", lang, name=dl.rename_dataset(pick, text).name)
+
+    def do_delete(pick, text, lang):
+        dl.delete_dataset(pick)
+        return t("data.deleted", lang, name=pick)
+
+    lib_outputs = [message, lib, lib_pick]
+    rename.click(lib_action(do_rename), [lib_pick, new_name, lang_state], lib_outputs)
+    delete.click(lib_action(do_delete), [lib_pick, new_name, lang_state], lib_outputs)
+
+    def do_hub(repo, subset, split, lang):
+        try:
+            info = dl.import_hub_dataset(repo.strip().replace("/", "-"), repo.strip(), subset.strip() or None,
+                                         split.strip() or "train")
+        except WorkbenchError as e:
+            return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), library_table(lang),
+                gr.update(choices=[d.name for d in dl.list_datasets()]))
+
+    hub_go.click(do_hub, [hub_id, hub_subset, hub_split, lang_state], lib_outputs)
+
+    def do_lf(folder, lang):
+        try:
+            results = import_llamafactory(folder.strip())
+        except WorkbenchError as e:
+            return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+        lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {r.error['message']}"
+                 for r in results]
+        return "\n".join(lines), library_table(lang), gr.update(choices=[d.name for d in dl.list_datasets()])
+
+    lf_go.click(do_lf, [lf_folder, lang_state], lib_outputs)
+    return lib_pick, use, lib
+
+
+def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values):
+    """The report, preview and histogram of every readable file together."""
+    lines, rows, samples, sample_lines = [], [], [], []
+    report_fmt, columns_found = None, []
+    for c in checks:
+        if c.error:
+            rows.append([c.file, c.error.line or "", str(c.error.message)])
+            lines.append("- " + t("data.file_error", lang, file=c.file))
+            continue
+        r = c.report
+        report_fmt = report_fmt or r.format
+        columns_found = columns_found or list(getattr(r, "columns_found", []) or [])
+        lines.append("- " + t("data.file_ok", lang, file=c.file, label=getattr(r, "label", r.format), read=r.rows_read,
+                       usable=r.rows_usable))
+        rows += [[c.file, p.line, p.message] for p in r.problems]
+        samples += r.samples
+        sample_lines += r.lines
+    frame = pd.DataFrame(rows, columns=t("data.problem_cols", lang).split("|"))
+    slots = _slot_updates(fmt_value if fmt_value != "auto" else report_fmt, columns_found, slot_values, lang)
+    if not samples:
+        return ["\n".join(lines), frame, "", None, ""] + slots
+    try:
+        tok = tokenizer_for(model_name)
+    except WorkbenchError as e:
+        return ["\n".join(lines), frame, t("error", lang, error=str(e)), None, ""] + slots
+    previews = preview(samples, tok, n=n, train_on=train_on, max_len=max_len, lines=sample_lines)
+    html = preview_html(previews, {k: t(f"data.html.{k}", lang) for k in
+                                   ("trained", "masked", "sample", "line", "tokens", "truncated", "dropped")})
+    stats = length_stats(samples, tok, max_len, train_on=train_on, max_rows=5000)
+    summary = t("data.length_summary", lang, share=100 * stats.truncated_share, n=stats.truncated, max_len=max_len,
+                p95=stats.suggested_95, p99=stats.suggested_99, longest=stats.longest)
+    return ["\n".join(lines), frame, html, histogram(stats, lang), summary] + slots
+
+
+def _slot_updates(fmt, columns_found, current, lang) -> list:
+    fields = column_fields(fmt) if fmt else []
+    out = []
+    for i in range(SLOTS):
+        if i < len(fields):
+            f = fields[i]
+            value = current[i] if i < len(current) and current[i] else f["default"]
+            required = " *" if f["required"] else ""
+            out.append(gr.update(visible=True, label=f"{f['field']}{required}", value=value,
+                                 choices=list(dict.fromkeys([f["default"], *columns_found]))))
+        else:
+            out.append(gr.update(visible=False))
+    return out

@@ -1,0 +1,195 @@
+"""Library tab: every adapter with its metrics; rename, delete, zip, import, merge, mix, chat."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+
+from core import library
+from core.adapter_io import export_zip, import_adapter
+from core.adapter_merge import DTYPES, merge
+from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, mix
+from core.errors import WorkbenchError
+from webui.charts import run_figure
+from webui.i18n import Translator, t
+
+ALL = ""
+
+
+def table(base: str, lang: str) -> pd.DataFrame:
+    cols = t("lib.cols", lang).split("|")
+    rows = []
+    for a in library.list_adapters(base or None):
+        ra = f"{a.rank}/{a.alpha:g}" if a.rank else ""
+        loss = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""
+        rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, ra, ",".join(a.target_modules),
+                     ", ".join(d.rsplit("/", 1)[-1] for d in a.datasets), a.steps or "", loss(a.train_loss),
+                     loss(a.eval_loss), a.size, a.created.replace("T", " ")[:16], a.source])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def choices(base: str = ALL) -> list[tuple[str, str]]:
+    return [(f"{a.name} · {a.method} · {a.base_model.rsplit('/', 1)[-1]}", a.id)
+            for a in library.list_adapters(base or None)]
+
+
+def base_choices(lang: str) -> list[tuple[str, str]]:
+    return [(t("lib.all_bases", lang), ALL)] + [(b, b) for b in library.base_models()]
+
+
+def memory_text(detail, lang: str) -> str:
+    est = (detail.memory or {}).get("estimate") or {}
+    measured = (detail.memory or {}).get("measured") or {}
+    est_total = est.get("total_gib") if isinstance(est, dict) else None
+    return t("lib.memory", lang, estimated=f"{est_total:.2f} GiB" if est_total else "—",
+             measured=f"{measured['peak_mem_gib']:.2f} GiB" if measured.get("peak_mem_gib") else "—",
+             device=measured.get("mem_device", ""))
+
+
+def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+    with gr.Row():
+        base_filter = tr.add(gr.Dropdown(choices=base_choices(lang), value=ALL, label=t("lib.filter", lang),
+                                         scale=3, elem_id="lib-filter"), "lib.filter")
+        refresh = tr.add(gr.Button(t("lib.refresh", lang), scale=1, size="sm", elem_id="lib-refresh"), "lib.refresh",
+                         "value")
+    lib_table = tr.add(gr.Dataframe(value=table(ALL, lang), interactive=False, label=t("lib.list", lang),
+                                    elem_id="lib-table", wrap=True), "lib.list")
+    with gr.Row():
+        pick = tr.add(gr.Dropdown(choices=choices(), label=t("lib.pick", lang), scale=3, elem_id="lib-pick"),
+                      "lib.pick")
+        to_chat = tr.add(gr.Button(t("lib.chat", lang), variant="primary", scale=1, elem_id="lib-chat"), "lib.chat",
+                         "value")
+        zip_prepare = tr.add(gr.Button(t("lib.zip", lang), scale=1, elem_id="lib-zip"), "lib.zip", "value")
+        zip_button = tr.add(gr.DownloadButton(t("lib.zip_ready", lang), scale=1, visible=False,
+                                              elem_id="lib-zip-download"), "lib.zip_ready", "value")
+    message = gr.Markdown(elem_id="lib-message")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            curve = gr.Plot(show_label=False, elem_id="lib-curve")
+        with gr.Column(scale=2):
+            memory = gr.Markdown(elem_id="lib-memory")
+            config = tr.add(gr.Code(language="json", label=t("lib.config", lang), max_lines=18), "lib.config")
+    with tr.add(gr.Accordion(t("lib.manage", lang), open=False), "lib.manage"):
+        with gr.Row():
+            new_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=3), "lib.new_name")
+            rename_btn = tr.add(gr.Button(t("lib.rename", lang), scale=1), "lib.rename", "value")
+            confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1), "lib.confirm")
+            delete_btn = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1), "lib.delete", "value")
+    with tr.add(gr.Accordion(t("lib.import", lang), open=False), "lib.import"):
+        with gr.Row():
+            upload = tr.add(gr.File(label=t("lib.import_zip", lang), file_types=[".zip"], scale=2), "lib.import_zip")
+            with gr.Column(scale=2):
+                folder = tr.add(gr.Textbox(label=t("lib.import_folder", lang), max_lines=1), "lib.import_folder")
+                import_base = tr.add(gr.Textbox(label=t("lib.import_base", lang), max_lines=1), "lib.import_base")
+                import_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1), "lib.new_name")
+                import_btn = tr.add(gr.Button(t("lib.import_go", lang)), "lib.import_go", "value")
+    with tr.add(gr.Accordion(t("lib.merge", lang), open=False), "lib.merge"):
+        with gr.Row():
+            merge_name = tr.add(gr.Textbox(label=t("lib.export_name", lang), max_lines=1, scale=2), "lib.export_name")
+            merge_dtype = tr.add(gr.Dropdown(choices=list(DTYPES), value="auto", label=t("lib.dtype", lang), scale=1),
+                                 "lib.dtype")
+            merge_btn = tr.add(gr.Button(t("lib.merge_go", lang), scale=1), "lib.merge_go", "value")
+    with tr.add(gr.Accordion(t("lib.mix", lang), open=False), "lib.mix"):
+        with gr.Row():
+            mix_pick = tr.add(gr.Dropdown(choices=choices(), multiselect=True, label=t("lib.mix_pick", lang), scale=3),
+                              "lib.mix_pick")
+            weights = tr.add(gr.Textbox(label=t("lib.weights", lang), info=t("lib.weights_hint", lang), max_lines=1,
+                                        scale=2), "lib.weights", "labelinfo")
+        with gr.Row():
+            combination = gr.Dropdown(choices=list(COMBINATIONS), value="linear", label="combination",
+                                      info=COMBINATION_HELP.get("linear", ""), scale=2)
+            density = tr.add(gr.Slider(0.05, 1.0, value=0.5, step=0.05, label=t("lib.density", lang), scale=1),
+                             "lib.density")
+            mix_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=2), "lib.new_name")
+            mix_btn = tr.add(gr.Button(t("lib.mix_go", lang), scale=1), "lib.mix_go", "value")
+
+    def refresh_all(base, selected, lang):
+        opts = choices(base)
+        ids = [v for _, v in opts]
+        selected = selected if selected in ids else (ids[0] if ids else None)
+        return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
+                gr.update(choices=base_choices(lang)))
+
+    listing = [lib_table, pick, mix_pick, base_filter]
+    refresh.click(refresh_all, [base_filter, pick, lang_state], listing)
+    base_filter.input(refresh_all, [base_filter, pick, lang_state], listing)
+
+    def show(ref, lang):
+        hidden = gr.update(value=None, visible=False)
+        if not ref:
+            return None, "", "", hidden
+        try:
+            d = library.detail(ref)
+        except WorkbenchError as e:
+            return None, t("error", lang, error=str(e)), "", hidden
+        cfg = d.run_config or d.adapter_config
+        return (run_figure(d.metrics, lang) if d.metrics else None, memory_text(d, lang),
+                json.dumps(cfg, indent=2, ensure_ascii=False, default=str), hidden)
+
+    pick.change(show, [pick, lang_state], [curve, memory, config, zip_button])
+
+    def guarded(fn):
+        def handler(*args):
+            *rest, base, selected, lang = args
+            try:
+                text = fn(*rest, lang)
+            except WorkbenchError as e:
+                return (t("error", lang, error=str(e)),) + refresh_all(base, selected, lang)
+            return (text,) + refresh_all(base, selected, lang)
+        return handler
+
+    tail = [base_filter, pick, lang_state]
+    out = [message] + listing
+
+    def do_rename(ref, name, lang):
+        return t("lib.renamed", lang, name=library.rename(ref, name).name)
+
+    def do_delete(ref, sure, lang):
+        if not sure:
+            return t("lib.confirm_first", lang)
+        name = library.get(ref).name
+        library.delete(ref)
+        return t("lib.deleted", lang, name=name)
+
+    def do_import(file, path, base, name, lang):
+        source = file or path.strip()
+        if not source:
+            return t("lib.import_nothing", lang)
+        info = import_adapter(source, name=name.strip() or None, base_model=base.strip() or None)
+        return t("lib.imported", lang, name=info.name)
+
+    def do_mix(ids, text, comb, dens, name, lang):
+        w = [float(x) for x in text.replace(";", ",").split(",") if x.strip()] if text.strip() else [1.0] * len(ids)
+        info = mix(ids or [], w, name.strip(), combination=comb,
+                   density=dens if comb in ("ties", "dare_ties") else None)
+        return t("lib.mixed", lang, name=info.name)
+
+    rename_btn.click(guarded(do_rename), [pick, new_name] + tail, out)
+    delete_btn.click(guarded(do_delete), [pick, confirm] + tail, out)
+    import_btn.click(guarded(do_import), [upload, folder, import_base, import_name] + tail, out)
+    mix_btn.click(guarded(do_mix), [mix_pick, weights, combination, density, mix_name] + tail, out)
+    combination.change(lambda c: gr.update(info=COMBINATION_HELP.get(c, "")), combination, combination)
+
+    def do_merge(ref, name, dtype, lang, progress=gr.Progress()):
+        if not ref:
+            return t("lib.none", lang)
+        try:
+            result = merge(ref, name.strip() or f"{library.get(ref).name}-merged", dtype=dtype,
+                           progress=lambda stage, frac, msg: progress(frac, desc=f"{stage}: {msg}"))
+        except WorkbenchError as e:
+            return t("error", lang, error=str(e))
+        return t("lib.merged", lang, path=result.path)
+
+    merge_btn.click(do_merge, [pick, merge_name, merge_dtype, lang_state], message)
+
+    def do_zip(ref, lang):
+        if not ref:
+            return gr.update(value=None, visible=False), t("lib.none", lang)
+        try:
+            return gr.update(value=str(export_zip(ref)), visible=True), ""
+        except WorkbenchError as e:
+            return gr.update(value=None, visible=False), t("error", lang, error=str(e))
+
+    zip_prepare.click(do_zip, [pick, lang_state], [zip_button, message])
+    return pick, to_chat, listing, refresh_all, base_filter

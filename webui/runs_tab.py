@@ -1,0 +1,150 @@
+"""Runs tab: every run with its state, live charts of the selected run, queue actions, compare.
+
+It reads the database and the run files on a timer; it holds no run state of its own."""
+from __future__ import annotations
+
+import html
+import time
+
+import gradio as gr
+import pandas as pd
+
+from core import jobs, runview
+from core.errors import WorkbenchError
+from core.runfiles import RunDir
+from webui.charts import compare_figure, run_figure
+from webui.i18n import Translator, t
+
+POLL_S = 1.0
+
+
+def table(lang: str) -> pd.DataFrame:
+    cols = t("runs.cols", lang).split("|")
+    rows = []
+    for s in runview.summaries():
+        state = t(f"state.{s['state']}", lang)
+        if s["queue_position"]:
+            state += f" #{s['queue_position']}"
+        total = s["total_steps"]
+        progress = f"{s['step']}/{total} ({100 * s['progress']:.0f}%)" if total else ""
+        started = time.strftime("%m-%d %H:%M", time.localtime(s["started"])) if s["started"] else ""
+        loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else ""
+        rows.append([s["name"], s["model"].rsplit("/", 1)[-1], s["method"], state, progress,
+                     runview.format_duration(s["eta_s"]), started, runview.format_duration(s["duration_s"]), loss])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def progress_html(job: jobs.Job, lang: str) -> str:
+    s = runview.summary(job)
+    pct = 100 * s["progress"]
+    eta = f" · ETA {runview.format_duration(s['eta_s'])}" if s["eta_s"] else ""
+    step = f"{s['step']}/{s['total_steps']}" if s["total_steps"] else ""
+    color = {"failed": "#d9534f", "stopped": "#f0ad4e", "completed": "#5cb85c"}.get(job.state, "#4f6bed")
+    error = f"<pre class='run-error'>{html.escape(s['error'])}</pre>" if s["error"] and job.state == "failed" else ""
+    return (f"<div id='run-progress' data-state='{job.state}' data-step='{s['step']}'>"
+            f"<b>{html.escape(s['name'])}</b> · {t('state.' + job.state, lang)} {step}{eta}"
+            f"<div style='background:#eee;border-radius:4px;height:12px;margin-top:4px'>"
+            f"<div style='width:{pct:.1f}%;background:{color};height:12px;border-radius:4px'></div></div>"
+            f"{error}</div>")
+
+
+def run_choices() -> list[tuple[str, str]]:
+    return [(f"{j.name or j.id} · {j.id}", j.id) for j in jobs.list_jobs()]
+
+
+def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+    runs_table = tr.add(gr.Dataframe(value=table(lang), interactive=False, label=t("runs.list", lang),
+                                     elem_id="runs-table", wrap=True), "runs.list")
+    with gr.Row():
+        run_select = tr.add(gr.Dropdown(choices=run_choices(), label=t("runs.select", lang), scale=4,
+                                        elem_id="run-select"), "runs.select")
+    with gr.Row():
+        buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", elem_id=f"run-{key}"),
+                               f"runs.{key}", "value")
+                   for key in ("stop", "resume", "rerun", "clone", "remove", "up", "down")}
+    action_msg = gr.Markdown(elem_id="runs-message")
+    progress = gr.HTML(elem_id="run-progress-box")
+    chart = gr.Plot(elem_id="run-chart", show_label=False)
+    log = tr.add(gr.Textbox(label=t("runs.log", lang), lines=10, max_lines=10, autoscroll=True, elem_id="run-log"),
+                 "runs.log")
+    with tr.add(gr.Accordion(t("runs.compare", lang), open=False), "runs.compare"):
+        compare_pick = tr.add(gr.Dropdown(choices=run_choices(), multiselect=True, label=t("runs.compare_pick", lang),
+                                          elem_id="compare-pick"), "runs.compare_pick")
+        compare_chart = gr.Plot(show_label=False)
+        differences = tr.add(gr.Dataframe(interactive=False, label=t("runs.differences", lang)), "runs.differences")
+    timer = gr.Timer(POLL_S)
+    seen = gr.State({})
+
+    def refresh(selected, lang, seen_state):
+        """Redraw what changed since the last tick: the table always, the chart only on new metrics."""
+        choices = run_choices()
+        ids = [v for _, v in choices]
+        if selected not in ids:
+            selected = ids[0] if ids else None
+        outputs = [gr.update(choices=choices, value=selected), table(lang)]
+        if selected is None:
+            return outputs + [t("runs.no_run", lang), gr.skip(), "", seen_state]
+        job = jobs.get(selected)
+        run = job.dir
+        stamp = (selected, lang, _mtime(run.metrics), job.state)
+        fig = gr.skip() if seen_state.get("chart") == stamp else run_figure(run.read_metrics(), lang)
+        return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp}]
+
+    timer.tick(refresh, [run_select, lang_state, seen], [run_select, runs_table, progress, chart, log, seen],
+               show_progress="hidden")
+    run_select.input(refresh, [run_select, lang_state, gr.State({})],
+                     [run_select, runs_table, progress, chart, log, seen], show_progress="hidden")
+
+    def compare(ids, lang):
+        if not ids:
+            return None, pd.DataFrame()
+        jobs_by_id = {i: jobs.get(i) for i in ids}
+        names = {i: j.name or i for i, j in jobs_by_id.items()}
+        curves = {names[i]: j.dir.read_metrics() for i, j in jobs_by_id.items()}
+        diffs = runview.differing_settings({names[i]: runview.run_config_dict(j.dir) for i, j in jobs_by_id.items()})
+        frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()], columns=["setting", *curves.keys()])
+        return compare_figure(curves, lang), frame
+
+    compare_pick.change(compare, [compare_pick, lang_state], [compare_chart, differences])
+    compare_pick.focus(lambda: gr.update(choices=run_choices()), None, compare_pick)
+    return run_select, buttons, action_msg
+
+
+def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
+    """Queue actions; Clone fills the Train form and switches to it."""
+    def act(fn, label):
+        def handler(run_id, lang):
+            if not run_id:
+                return t("runs.no_run", lang)
+            try:
+                result = fn(run_id)
+            except WorkbenchError as e:
+                return t("error", lang, error=str(e))
+            shown = result.id if isinstance(result, jobs.Job) else run_id
+            return t("runs.done", lang, what=t(f"runs.{label}", lang), id=shown)
+        return handler
+
+    for key, fn in (("stop", jobs.stop), ("resume", jobs.resume), ("rerun", jobs.rerun), ("remove", jobs.remove),
+                    ("up", lambda i: jobs.move(i, -1)), ("down", lambda i: jobs.move(i, 1))):
+        buttons[key].click(act(fn, key), [run_select, lang_state], action_msg)
+
+    def clone(run_id, lang):
+        if not run_id:
+            return [gr.skip()] * len(train_tab.inputs) + [t("runs.no_run", lang), gr.skip()]
+        try:
+            cfg = jobs.config_of(run_id)
+        except WorkbenchError as e:
+            return [gr.skip()] * len(train_tab.inputs) + [t("error", lang, error=str(e)), gr.skip()]
+        return train_tab.fill(cfg) + [t("runs.cloned", lang, id=run_id), gr.Tabs(selected="train")]
+
+    buttons["clone"].click(clone, [run_select, lang_state], train_tab.inputs + [action_msg, tabs])
+
+
+def _mtime(path) -> float:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+__all__ = ["build", "wire_actions", "RunDir"]

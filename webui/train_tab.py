@@ -1,0 +1,206 @@
+"""Train tab: presets, the run form (built from RunConfig), the config preview and Start."""
+from __future__ import annotations
+
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from core import jobs, presets
+from core.dataset_library import list_datasets
+from core.config import EMBEDDED_MODEL, RunConfig
+from core.errors import WorkbenchError
+from webui.form import GROUPS, METHOD_LR, Form, build_group
+from webui.i18n import Translator, field_label, t
+
+GROUP_TITLES = {"model": "train.group.model", "lora": "train.group.lora", "quant": "train.group.quant",
+                "freeze": "train.group.freeze", "training": "train.group.training",
+                "speed": "train.group.speed", "data": "train.group.data"}
+
+
+@dataclass
+class TrainTab:
+    form: Form
+    datasets: gr.Dropdown
+    ratios: gr.Textbox
+    groups: dict
+    message: gr.Markdown
+    preview: gr.Code
+
+    @property
+    def inputs(self) -> list:
+        return self.form.inputs + [self.datasets, self.ratios]
+
+    def fill(self, cfg: RunConfig) -> list:
+        """Values for `inputs` that show this config."""
+        ratios = ", ".join(f"{s.ratio:g}" for s in cfg.datasets) if any(s.ratio for s in cfg.datasets) else ""
+        paths = [s.path for s in cfg.datasets]
+        return self.form.values(cfg) + [gr.update(value=paths, choices=dataset_choices(paths)), ratios]
+
+
+def dataset_choices(extra: list[str] | None = None) -> list[tuple[str, str]]:
+    """Saved datasets and the shipped demo files (label, value)."""
+    choices = [(f"{d.name} ({d.format or '?'}, {d.rows_usable or d.rows or 0} rows)", d.name) for d in list_datasets()]
+    for p in sorted((presets.SHIPPED / "data").glob("*")):
+        choices.append((f"{p.name} (demo)", str(p)))
+    values = {v for _, v in choices}
+    choices += [(Path(v).name, v) for v in extra or [] if v not in values]
+    return choices
+
+
+def model_choices() -> list[str]:
+    choices = [EMBEDDED_MODEL]
+    try:
+        from core.vram import list_cards
+        choices += [c if isinstance(c, str) else c.get("hub_id", c.get("name")) for c in list_cards()]
+    except ImportError:
+        pass
+    return list(dict.fromkeys(choices))
+
+
+def config_from_inputs(tab: TrainTab, values: list) -> RunConfig:
+    """The form's values as a validated RunConfig (raises ConfigError naming the field)."""
+    n = len(tab.form.names)
+    data = tab.form.to_dict(values[:n])
+    paths, ratios = values[n] or [], (values[n + 1] or "").strip()
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    specs = [{"path": p} for p in paths]
+    if ratios:
+        try:
+            numbers = [float(x) for x in ratios.replace(";", ",").split(",") if x.strip()]
+        except ValueError:
+            raise WorkbenchError("mix ratios must be numbers separated by commas", field="datasets") from None
+        if len(numbers) != len(specs):
+            raise WorkbenchError(f"{len(numbers)} mix ratios for {len(specs)} datasets", field="datasets")
+        for spec, r in zip(specs, numbers):
+            spec["ratio"] = r
+    data["datasets"] = specs
+    return RunConfig.from_dict(data)
+
+
+def describe_error(e: WorkbenchError, lang: str) -> str:
+    text = e.message + (f" ({e.hint})" if e.hint else "")
+    if e.field:
+        try:
+            label = field_label(e.field, lang)
+        except (KeyError, TypeError):
+            label = e.field
+        return f"**{label}** (`{e.field}`): {text}"
+    return text
+
+
+def preview_text(cfg: RunConfig, lang: str) -> str:
+    return (f"# config.yaml\n{cfg.to_yaml()}\n# {t('train.cmd_single', lang)}\n"
+            f"# {presets.headless_command('config.yaml')}\n")
+
+
+def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
+    cfg = presets.load(presets.DEFAULT_PRESET)
+    form = Form()
+    groups = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            with gr.Row():
+                preset = tr.add(gr.Dropdown(choices=list(presets.available()), value=presets.DEFAULT_PRESET,
+                                            label=t("train.preset", lang), info=t("train.preset_hint", lang),
+                                            elem_id="preset", scale=3), "train.preset", "labelinfo")
+                preset_name = tr.add(gr.Textbox(label=t("train.preset_name", lang), scale=2, max_lines=1),
+                                     "train.preset_name")
+                save_preset = tr.add(gr.Button(t("train.save_preset", lang), scale=1), "train.save_preset", "value")
+            for group in GROUPS:
+                visible = group not in ("quant", "freeze")
+                with tr.add(gr.Accordion(t(GROUP_TITLES[group], lang), open=group in ("model", "lora", "data"),
+                                         visible=visible, elem_id=f"group-{group}"),
+                            GROUP_TITLES[group]) as acc:
+                    groups[group] = acc
+                    if group == "data":
+                        datasets = tr.add(gr.Dropdown(
+                            choices=dataset_choices([s.path for s in cfg.datasets]),
+                            value=[s.path for s in cfg.datasets], multiselect=True, label=t("train.datasets", lang),
+                            info=t("train.datasets_hint", lang), elem_id="datasets"), "train.datasets", "labelinfo")
+                        ratios = tr.add(gr.Textbox(label=t("train.ratios", lang), info=t("train.ratios_hint", lang),
+                                                   max_lines=1, elem_id="ratios"), "train.ratios", "labelinfo")
+                    build_group(form, group, cfg, lang, tr, model_choices=model_choices())
+        with gr.Column(scale=2):
+            side = gr.Column()
+            start = tr.add(gr.Button(t("train.start", lang), variant="primary", elem_id="start"), "train.start",
+                           "value")
+            message = gr.Markdown(elem_id="train-message")
+            with tr.add(gr.Accordion(t("train.preview", lang), open=False), "train.preview"):
+                preview = gr.Code(value=preview_text(cfg, lang), language="yaml", elem_id="preview")
+                with gr.Row():
+                    load_yaml = tr.add(gr.UploadButton(t("train.load_yaml", lang), file_types=[".yaml", ".yml"]),
+                                       "train.load_yaml", "value")
+                    download = tr.add(gr.DownloadButton(t("train.download_yaml", lang)), "train.download_yaml",
+                                      "value")
+    tab = TrainTab(form, datasets, ratios, groups, message, preview)
+    tab.side = side
+    nonce = gr.State(lambda: uuid.uuid4().hex)
+    _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download)
+    return tab
+
+
+def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download):
+    def on_preset(name, lang):
+        try:
+            return tab.fill(presets.load(name)) + [""]
+        except WorkbenchError as e:
+            return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang))]
+
+    preset.input(on_preset, [preset, lang_state], tab.inputs + [tab.message])
+
+    method = tab.form.components["method"]
+    lr = tab.form.components["train.learning_rate"]
+
+    def on_method(m, current_lr):
+        lr_value = METHOD_LR[m] if current_lr in METHOD_LR.values() else current_lr
+        return (gr.update(visible=m in ("lora", "qlora")), gr.update(visible=m == "qlora"),
+                gr.update(visible=m == "freeze"), lr_value)
+
+    method.change(on_method, [method, lr], [tab.groups["lora"], tab.groups["quant"], tab.groups["freeze"], lr])
+
+    def on_change(lang, *values):
+        try:
+            cfg = config_from_inputs(tab, list(values))
+        except WorkbenchError as e:
+            return f"# {describe_error(e, lang)}\n", gr.update(value=None)
+        path = Path(tempfile.mkdtemp(prefix="config-")) / "config.yaml"
+        path.write_text(cfg.to_yaml())
+        return preview_text(cfg, lang), gr.update(value=str(path))
+
+    gr.on([c.change for c in tab.inputs], on_change, [lang_state] + tab.inputs, [tab.preview, download],
+          show_progress="hidden")
+
+    def on_start(lang, key, *values):
+        try:
+            cfg = config_from_inputs(tab, list(values))
+            if not cfg.datasets:
+                raise WorkbenchError("pick at least one dataset", field="datasets")
+            job = jobs.submit(cfg, request_key=key)
+        except WorkbenchError as e:
+            return t("train.invalid", lang, error=describe_error(e, lang)), key
+        pos = jobs.queue_position(job.id) or 1
+        return t("train.started", lang, id=job.id, pos=pos), uuid.uuid4().hex
+
+    start.click(on_start, [lang_state, nonce] + tab.inputs, [tab.message, nonce], concurrency_limit=1)
+
+    def on_save(name, lang, *values):
+        try:
+            presets.save(name, config_from_inputs(tab, list(values)))
+        except WorkbenchError as e:
+            return t("error", lang, error=describe_error(e, lang)), gr.skip()
+        return t("train.preset_saved", lang, name=presets.safe_name(name)), gr.update(choices=list(presets.available()))
+
+    save_preset.click(on_save, [preset_name, lang_state] + tab.inputs, [tab.message, preset])
+
+    def on_load(file, lang):
+        try:
+            cfg = RunConfig.load(file)
+        except WorkbenchError as e:
+            return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang))]
+        return tab.fill(cfg) + [t("train.yaml_loaded", lang, file=Path(file).name)]
+
+    load_yaml.upload(on_load, [load_yaml, lang_state], tab.inputs + [tab.message])
+
