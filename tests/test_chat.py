@@ -1,0 +1,77 @@
+"""The chat engine: one base model, adapters switched by name, streaming equal to greedy."""
+import threading
+
+import pytest
+
+from conftest import ROOT
+from core.chat import ChatEngine, GenerationOptions
+from core.chat_service import ChatService
+from core.config import RunConfig
+from core.train import run
+
+DATA = ROOT / "presets" / "data"
+ASK = [{"role": "user", "content": "Who are you?"}]
+GREEDY = GenerationOptions(max_new_tokens=12)
+
+
+def train(tiny_model, out, seed, lr=5e-3):
+    cfg = RunConfig.from_dict({"model": str(tiny_model), "datasets": [str(DATA / "identity.jsonl")],
+                               "output_dir": str(out), "train": {"max_steps": 6, "batch_size": 4,
+                                                                 "learning_rate": lr, "seed": seed}})
+    return run(cfg).adapter
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_HOME", str(tmp_path_factory.mktemp("chat-ws")))
+        root = tmp_path_factory.mktemp("chat")
+        yield train(tiny_model, root / "a", seed=1), train(tiny_model, root / "b", seed=2, lr=2e-2)
+
+
+def reference(tiny_model, adapter=None):
+    """A fresh engine with only this adapter (or none): the answer switching must reproduce."""
+    engine = ChatEngine(str(tiny_model))
+    if adapter:
+        engine.add_adapter(adapter)
+    return engine.reply(ASK, GREEDY)
+
+
+def test_switching_adapters_gives_each_adapters_own_output(tiny_model, adapters):
+    a, b = adapters
+    want_a, want_b, want_base = reference(tiny_model, a), reference(tiny_model, b), reference(tiny_model)
+    assert len({want_a, want_b, want_base}) == 3, "the two adapters and the base should answer differently"
+    engine = ChatEngine(str(tiny_model))
+    name_a, name_b = engine.add_adapter(a, "a"), engine.add_adapter(b, "b")
+    for _ in range(2):
+        assert engine.reply(ASK, GREEDY, adapter=name_a) == want_a
+        assert engine.reply(ASK, GREEDY, adapter=None) == want_base
+        assert engine.reply(ASK, GREEDY, adapter=name_b) == want_b
+
+
+def test_streaming_yields_the_same_text_as_greedy_generation(tiny_model, adapters):
+    engine = ChatEngine(str(tiny_model))
+    name = engine.add_adapter(adapters[0])
+    updates = list(engine.stream(ASK, GREEDY, adapter=name))
+    assert updates and updates[-1]["text"] == engine.reply(ASK, GREEDY, adapter=name)
+    assert updates[-1]["tokens"] >= 1 and updates[0]["ttft_s"] > 0
+    assert [len(u["text"]) for u in updates] == sorted(len(u["text"]) for u in updates)
+
+
+def test_stop_ends_a_stream_early(tiny_model):
+    engine = ChatEngine(str(tiny_model))
+    stop = threading.Event()
+    seen = 0
+    for update in engine.stream(ASK, GenerationOptions(max_new_tokens=400), stop):
+        seen = update["tokens"]
+        stop.set()
+    assert seen < 400
+
+
+def test_service_keeps_the_base_loaded_and_loads_each_adapter_once(tiny_model, adapters):
+    service = ChatService()
+    list(service.stream(str(tiny_model), adapters[0], ASK, GREEDY))
+    engine = service.engine
+    list(service.stream(str(tiny_model), adapters[1], ASK, GREEDY))
+    list(service.stream(str(tiny_model), adapters[0], ASK, GREEDY))
+    assert service.engine is engine and len(engine.adapters) == 2
