@@ -64,6 +64,27 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from core import vram
+    from core.arch import load_arch
+    from core.errors import ConfigError
+
+    if args.gpu_gib is not None and args.gpu_gib <= 0:
+        raise ConfigError(f"GPU memory must be more than 0 GiB, got {args.gpu_gib:g}", field="gpu_gib")
+    flags = {"model": args.model, "method": args.method, "train.dtype": args.dtype, "train.batch_size": args.batch_size,
+             "data.max_seq_len": args.seq_len, "lora.rank": args.lora_rank, "lora.alpha": args.lora_alpha,
+             "lora.dropout": args.lora_dropout, "lora.target_modules": args.target_modules,
+             "train.gradient_checkpointing": args.grad_ckpt or None, "train.grad_accum": args.grad_accum,
+             "train.optimizer": args.optim, "data.packing": args.packing or None,
+             "train.padding_free": args.padding_free or None, "train.fused_loss": args.fused_loss or None}
+    cfg = vram.config_from_cli(args.config, args.overrides, flags)
+    arch = load_arch(cfg.model, cfg.trust_remote_code)
+    est = vram.estimate(cfg, gpus=args.gpus, arch=arch)
+    advice = vram.suggestions(cfg, args.gpu_gib, gpus=args.gpus, arch=arch) if args.gpu_gib else []
+    print(vram.render_json(est, args.gpu_gib, advice) if args.json else vram.render_table(cfg, est, args.gpu_gib, advice))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="LoRA Workbench, headless.")
     parser.add_argument("--workspace", help="workspace folder (default ./workspace or $WORKBENCH_HOME)")
@@ -84,8 +105,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.set_defaults(func=cmd_chat)
 
+    p = sub.add_parser("estimate", help="GPU memory a run needs, by part, and what makes it fit",
+                       epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a RunConfig YAML file; the flags below override it")
+    p.add_argument("--model", help="hub id, model folder, path to a config.json, or a shipped card name")
+    p.add_argument("--method", choices=["lora", "qlora", "full", "freeze"])
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int, help="max length in tokens (every sample counted at this length)")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank; alpha is 2 x rank unless --lora-alpha is given")
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--target-modules", help="all-linear (default) or names separated by commas")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--optim", choices=["adamw", "adamw8bit", "paged_adamw8bit"])
+    p.add_argument("--packing", action="store_true")
+    p.add_argument("--padding-free", action="store_true")
+    p.add_argument("--fused-loss", action="store_true")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of one machine (DDP for LoRA/QLoRA, FSDP for full)")
+    p.add_argument("--gpu-gib", type=float, help="memory of one GPU: prints the verdict and what makes it fit")
+    p.add_argument("--json", action="store_true", help='print {"total_gib": ..., "parts": {...}, ...}')
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. lora.rank=8")
+    p.set_defaults(func=cmd_estimate)
+
     from core import runs_cli
     runs_cli.register(sub)
+
+    from core import adapter_cli
+    adapter_cli.register(sub)
+
+    from core import data_cli
+    data_cli.register(sub)
     return parser
 
 
