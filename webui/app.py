@@ -61,6 +61,7 @@ def build(lang: str = "en") -> gr.Blocks:
         train_page.select(lambda chosen: gr.update(choices=train_tab.dataset_choices(list(chosen or []))),
                           train.datasets, train.datasets)
         _wire_language(tr, language, lang_state)
+        demo.load(*train.on_load, show_progress="hidden")
     return demo
 
 

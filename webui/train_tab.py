@@ -12,6 +12,7 @@ from core import jobs, presets
 from core.dataset_library import list_datasets
 from core.config import EMBEDDED_MODEL, RunConfig
 from core.errors import WorkbenchError
+from webui import memory_panel
 from webui.form import GROUPS, METHOD_LR, Form, build_group
 from webui.i18n import Translator, field_label, t
 
@@ -28,6 +29,7 @@ class TrainTab:
     groups: dict
     message: gr.Markdown
     preview: gr.Code
+    on_load: tuple = ()        # (fn, inputs, outputs) that draws what depends on the whole form
 
     @property
     def inputs(self) -> list:
@@ -124,10 +126,10 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                                                    max_lines=1, elem_id="ratios"), "train.ratios", "labelinfo")
                     build_group(form, group, cfg, lang, tr, model_choices=model_choices())
         with gr.Column(scale=2):
-            side = gr.Column()
             start = tr.add(gr.Button(t("train.start", lang), variant="primary", elem_id="start"), "train.start",
                            "value")
             message = gr.Markdown(elem_id="train-message")
+            panel = memory_panel.build(tr, lang)
             with tr.add(gr.Accordion(t("train.preview", lang), open=False), "train.preview"):
                 preview = gr.Code(value=preview_text(cfg, lang), language="yaml", elem_id="preview")
                 with gr.Row():
@@ -136,10 +138,35 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                     download = tr.add(gr.DownloadButton(t("train.download_yaml", lang)), "train.download_yaml",
                                       "value")
     tab = TrainTab(form, datasets, ratios, groups, message, preview)
-    tab.side = side
     nonce = gr.State(lambda: uuid.uuid4().hex)
     _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download)
+    _wire_memory(tab, panel, lang_state)
     return tab
+
+
+def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
+    """The panel follows every change of the form, the GPU choice and the GPU count."""
+    def update(gpu_gib, gpus, lang, *values):
+        try:
+            cfg, error = config_from_inputs(tab, list(values)), None
+        except WorkbenchError as e:
+            cfg, error = None, describe_error(e, lang)
+        return memory_panel.render(cfg, error, float(gpu_gib), int(gpus or 1), lang)
+
+    inputs = [panel.gpu, panel.gpus, lang_state] + tab.inputs
+    triggers = [c.change for c in tab.inputs] + [panel.gpu.change, panel.gpus.change, lang_state.change]
+    gr.on(triggers, update, inputs, panel.outputs, show_progress="hidden")
+    tab.on_load = (update, inputs, panel.outputs)
+
+    def apply(index, overrides, lang, *values):
+        try:
+            cfg = config_from_inputs(tab, list(values)).with_overrides(overrides[index])
+        except (WorkbenchError, IndexError):
+            return [gr.skip()] * len(tab.inputs)
+        return tab.fill(cfg)
+
+    for i, button in enumerate(panel.apply):
+        button.click(apply, [gr.State(i), panel.overrides, lang_state] + tab.inputs, tab.inputs)
 
 
 def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download):
