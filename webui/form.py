@@ -86,8 +86,9 @@ def make_component(dotted: str, value, lang: str, tr: Translator, model_choices:
     elif tp is bool:
         comp = gr.Checkbox(**common)
     elif tp in (int, float):
-        comp = gr.Number(minimum=meta.get("min"), maximum=meta.get("max"), precision=0 if tp is int else None,
-                         **common)
+        # Bounds are checked by RunConfig, whose message names the field; gradio's own check would
+        # reject the whole event with a generic toast.
+        comp = gr.Number(precision=0 if tp is int else None, **common)
     else:
         comp = gr.Textbox(max_lines=1, **common)
     return tr.add(comp, dotted, "field")

@@ -85,7 +85,7 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
     gpu_name = next((name for name, gib in gpu_options() if gib == gpu_gib), f"{gpu_gib:.0f} GiB")
     verdict = est.verdict(gpu_gib)
     color = {"fits": "#2e9e48", "tight": "#c27c0e", "does not fit": "#c9302c"}[verdict]
-    shown = f"<b style='color:{color}' data-verdict='{verdict}'>{t(f'mem.{verdict}', lang)}</b>"
+    shown = f"<b style='color:{color}'>{t(f'mem.{verdict}', lang)}</b>"
     summary = t("mem.total", lang, total=est.total_gib, gpu=gpu_name.split(':')[0], verdict=shown)
     share = 100 * est.trainable_params / max(est.total_params, 1)
     params = t("train.params_value", lang, trainable=est.trainable_params, total=est.total_params, share=share)

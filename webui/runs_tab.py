@@ -11,7 +11,6 @@ import pandas as pd
 
 from core import jobs, runview
 from core.errors import WorkbenchError
-from core.runfiles import RunDir
 from webui.charts import compare_figure, run_figure
 from webui.i18n import Translator, t
 
@@ -137,7 +136,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             return [gr.skip()] * len(train_tab.inputs) + [t("error", lang, error=str(e)), gr.skip()]
         return train_tab.fill(cfg) + [t("runs.cloned", lang, id=run_id), gr.Tabs(selected="train")]
 
-    buttons["clone"].click(clone, [run_select, lang_state], train_tab.inputs + [action_msg, tabs])
+    buttons["clone"].click(clone, [run_select, lang_state], train_tab.inputs + [train_tab.message, tabs])
 
 
 def _mtime(path) -> float:
@@ -146,5 +145,3 @@ def _mtime(path) -> float:
     except OSError:
         return 0
 
-
-__all__ = ["build", "wire_actions", "RunDir"]

@@ -1,0 +1,65 @@
+"""The Train and Runs tabs in a real browser on the tiny model: memory panel and its fixes, a bad
+field answered in words, Start pressed twice makes one run, clone back into the form."""
+import pytest
+
+from browser import browser, open_tab, pick, serve, shot
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, embedded_model):
+    workspace = tmp_path_factory.mktemp("ui-train") / "workspace"
+    with serve(workspace) as (url, _):
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.wait_for_selector("#mem-summary >> text=GiB")
+            yield page
+
+
+def set_field(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_memory_panel_explains_and_fixes_a_run_that_does_not_fit(page):
+    assert "Trainable parameters" in page.locator("#train-params").inner_text()
+    pick(page, "preset", "qlora-8b-16gb")
+    pick(page, "mem-gpu", "16 GB")
+    page.wait_for_function("() => document.querySelector('#mem-summary').innerText.includes('does not fit')")
+    assert page.locator("#mem-chart .js-plotly-plot").count() == 1
+    page.locator("#mem-apply-0").click()
+    page.wait_for_function("() => /: (fits|tight)/.test(document.querySelector('#mem-summary').innerText)")
+    shot(page, "train-memory-fixed")
+
+
+def test_a_bad_field_is_refused_with_its_name(page):
+    pick(page, "preset", "demo")
+    set_field(page, "field-lora-rank", 0)
+    page.locator("#start").click()
+    message = page.locator("#train-message")
+    message.get_by_text("Rank", exact=True).wait_for()
+    assert "lora.rank" in message.inner_text() and "too small" in message.inner_text()
+    set_field(page, "field-lora-rank", 8)
+
+
+def test_start_pressed_twice_queues_one_run_that_completes(page, tiny_model):
+    pick(page, "preset", "demo")
+    page.locator("#field-model input").fill(str(tiny_model))
+    page.locator("#field-model input").press("Enter")
+    open_training = page.locator("#group-training")
+    open_training.get_by_text("Training").first.click()
+    set_field(page, "field-train-max_steps", 3)
+    set_field(page, "field-name", "twice")
+    page.wait_for_timeout(1000)
+    page.locator("#start").dblclick()
+    page.wait_for_selector("#train-message >> text=queued")
+    open_tab(page, "Runs")
+    page.wait_for_selector("#run-progress[data-state='completed']", timeout=180_000)
+    assert page.locator("#runs-table tbody tr").count() == 1
+    page.locator("#run-clone").click()
+    page.wait_for_selector("#train-message >> text=The form now holds")
+    assert page.locator("#field-name input, #field-name textarea").first.input_value() == "twice"
