@@ -63,7 +63,8 @@ def run_config(case: dict, model: str):
         "lora": {"rank": case.get("rank", 16), "alpha": 2 * case.get("rank", 16), "dropout": 0.0},
         "data": {"max_seq_len": case["seq"]},
         "train": {"batch_size": case["batch"], "dtype": case["dtype"], "gradient_checkpointing": case["ckpt"],
-                  "optimizer": case["optim"], "max_steps": case.get("steps", 3), "logging_steps": 1000}})
+                  "optimizer": case["optim"], "max_steps": case.get("steps", 3), "logging_steps": 1000,
+                  "padding_free": case.get("padding_free", False), "fused_loss": case.get("fused_loss", False)}})
 
 
 def estimate(case: dict) -> dict:

@@ -4,7 +4,8 @@ Flattened batches put every sample of a batch one after another in a single row,
 position ids that restart at each sample; transformers turns those into a block-diagonal
 attention mask (flash-attention varlen on GPU, a packed SDPA mask elsewhere), so samples never
 see each other. `pack` fills rows of up to max_len tokens with several samples (best-fit
-decreasing), for fewer, fuller steps.
+decreasing), for fewer, fuller steps. Padded batches go through `LengthGroupedSampler`, so
+samples of like length share a batch and little compute goes to padding.
 """
 from __future__ import annotations
 
@@ -91,6 +92,46 @@ class FlattenCollator:
 
 
 def real_tokens(batch: dict) -> int:
+    """Tokens of the batch that are samples, not padding (what tokens/s counts)."""
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Indices such that each run of `batch_size` holds samples of similar length, batches in random order.
+
+    transformers' LengthGroupedSampler sorts each group of 50 batches longest first, so for 50
+    steps at a time the batches shrink and the loss curve drifts with sample length; here the
+    batches are shuffled after grouping. The batch with the longest sample still comes first, so
+    running out of memory shows at step 1. The order depends only on the seed and the epoch (the
+    Trainer calls set_epoch), so a resumed run skips exactly the batches it already trained on."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=gen).tolist()
+        span = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), span):
+            group = sorted(order[start:start + span], key=lambda i: -self.lengths[i])
+            batches += [group[k:k + self.batch_size] for k in range(0, len(group), self.batch_size)]
+        short = [b for b in batches if len(b) < self.batch_size]     # at most one: it must stay last
+        full = [b for b in batches if len(b) == self.batch_size]
+        full = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()]
+        if full:
+            longest = max(range(len(full)), key=lambda k: max(self.lengths[i] for i in full[k]))
+            full[0], full[longest] = full[longest], full[0]
+        return iter([i for batch in full + short for i in batch])

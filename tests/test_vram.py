@@ -28,7 +28,7 @@ TOY_LORA8 = 2 * 8 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 128) * 2 + (1
 
 def cfg(**sections) -> RunConfig:
     data = {"model": "toy", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-            "data": {"max_seq_len": 256}, "train": {"batch_size": 2}}
+            "data": {"max_seq_len": 256}, "train": {"batch_size": 2, "padding_free": False, "fused_loss": False}}
     for key, value in sections.items():
         if isinstance(value, dict):
             data.setdefault(key, {}).update(value)
@@ -449,7 +449,7 @@ def calibration_cases():
             "lora": {"rank": rank, "alpha": 2 * rank, "dropout": 0.0},
             "data": {"max_seq_len": row["seq"]},
             "train": {"batch_size": row["batch"], "gradient_checkpointing": row["grad_ckpt"], "dtype": dtype,
-                      "optimizer": row["optim"]}})
+                      "optimizer": row["optim"], "padding_free": False, "fused_loss": False}})
         out.append((row, config))
     return out
 

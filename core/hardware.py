@@ -1,0 +1,46 @@
+"""What this machine computes fast: a CUDA device, bf16 matmuls on the CPU, Liger's kernels.
+
+torch runs bf16 on any AVX512 CPU, but only CPUs with native bf16 dot products (AVX512-BF16 or
+AMX-BF16) run it faster than fp32, and torch does not say which: the CPU flags decide.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import torch
+
+FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def device_kind() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The feature flags of the first processor in /proc/cpuinfo (or of the text given)."""
+    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16)."""
+    return any(flag in cpu_flags(cpuinfo) for flag in FAST_BF16_FLAGS)
+
+
+def liger_available() -> bool:
+    """Liger's Triton kernels: importable, and a CUDA device to run them on."""
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
