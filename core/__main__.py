@@ -65,7 +65,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from core import vram
+    from core import devices, vram
     from core.arch import load_arch
     from core.errors import ConfigError
 
@@ -74,13 +74,16 @@ def cmd_estimate(args) -> int:
     flags = {"model": args.model, "method": args.method, "train.dtype": args.dtype, "train.batch_size": args.batch_size,
              "data.max_seq_len": args.seq_len, "lora.rank": args.lora_rank, "lora.alpha": args.lora_alpha,
              "lora.dropout": args.lora_dropout, "lora.target_modules": args.target_modules,
-             "train.gradient_checkpointing": args.grad_ckpt or None, "train.grad_accum": args.grad_accum,
-             "train.optimizer": args.optim, "data.packing": args.packing or None,
-             "train.padding_free": args.padding_free or None, "train.fused_loss": args.fused_loss or None}
+             "train.gradient_checkpointing": args.grad_ckpt, "train.grad_accum": args.grad_accum,
+             "train.optimizer": args.optim, "data.packing": args.packing,
+             "train.padding_free": args.padding_free, "train.fused_loss": args.fused_loss}
     cfg = vram.config_from_cli(args.config, args.overrides, flags)
     arch = load_arch(cfg.model, cfg.trust_remote_code)
-    est = vram.estimate(cfg, gpus=args.gpus, arch=arch)
-    advice = vram.suggestions(cfg, args.gpu_gib, gpus=args.gpus, arch=arch) if args.gpu_gib else []
+    gpus = args.gpus
+    if gpus is None:
+        gpus = devices.gpus_for_estimate(cfg.gpus, cfg.nodes.count, devices.cuda_count())
+    est = vram.estimate(cfg, gpus=gpus, arch=arch)
+    advice = vram.suggestions(cfg, args.gpu_gib, gpus=gpus, arch=arch) if args.gpu_gib else []
     print(vram.render_json(est, args.gpu_gib, advice) if args.json else vram.render_table(cfg, est, args.gpu_gib, advice))
     return 0
 
@@ -117,13 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--lora-dropout", type=float)
     p.add_argument("--target-modules", help="all-linear (default) or names separated by commas")
-    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    on_off = argparse.BooleanOptionalAction
+    p.add_argument("--grad-ckpt", action=on_off, help="gradient checkpointing")
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--optim", choices=["adamw", "adamw8bit", "paged_adamw8bit"])
-    p.add_argument("--packing", action="store_true")
-    p.add_argument("--padding-free", action="store_true")
-    p.add_argument("--fused-loss", action="store_true")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs of one machine (DDP for LoRA/QLoRA, FSDP for full)")
+    p.add_argument("--packing", action=on_off)
+    p.add_argument("--padding-free", action=on_off, help="on by default")
+    p.add_argument("--fused-loss", action=on_off, help="on by default")
+    p.add_argument("--gpus", type=int, help="GPUs the run spreads over (DDP for LoRA/QLoRA, FSDP for full); "
+                                            "default: what the config's gpus and nodes.count give")
     p.add_argument("--gpu-gib", type=float, help="memory of one GPU: prints the verdict and what makes it fit")
     p.add_argument("--json", action="store_true", help='print {"total_gib": ..., "parts": {...}, ...}')
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. lora.rank=8")

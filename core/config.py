@@ -139,9 +139,9 @@ class TrainOptions:
                                   "them in 8 bits; paged moves them to CPU under pressure.",
                          "AdamW 为每个可训练参数保存两个 fp32 状态；8 位 AdamW 用 8 位保存；paged 在显存紧张时换到内存。",
                          label="Optimizer", label_zh="优化器", choices=["adamw", "adamw8bit", "paged_adamw8bit"])
-    dtype: str = opt("auto", "Compute precision. auto: bf16 where the hardware has it, else fp16 on GPU, "
-                             "fp32 on CPU.",
-                     "计算精度。auto：硬件支持时用 bf16，否则 GPU 用 fp16、CPU 用 fp32。",
+    dtype: str = opt("auto", "Compute precision. auto: bf16 where the GPU or CPU has it (CPUs with "
+                             "AVX512-BF16 or AMX), else fp16 on GPU and fp32 on CPU.",
+                     "计算精度。auto：GPU 或 CPU（支持 AVX512-BF16 或 AMX）支持时用 bf16，否则 GPU 用 fp16、CPU 用 fp32。",
                      label="Precision", label_zh="精度", choices=["auto", "bf16", "fp16", "fp32"])
     seed: int = opt(42, "Random seed for shuffling, dropout and initialisation.", "打乱、dropout 和初始化的随机种子。",
                     label="Seed", label_zh="随机种子", min=0)
@@ -149,11 +149,11 @@ class TrainOptions:
                               label="Weight decay", label_zh="权重衰减", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = no clipping).", "梯度裁剪的范数（0 = 不裁剪）。",
                                label="Max grad norm", label_zh="梯度裁剪", min=0.0)
-    padding_free: bool = opt(False, "Put each batch's samples one after another in a single row instead of "
+    padding_free: bool = opt(True, "Put each batch's samples one after another in a single row instead of "
                                     "padding them: no compute spent on padding, same loss.",
                              "把一个批次的样本首尾相接放进一行而不是填充：不在填充上浪费计算，损失不变。",
                              label="Padding-free batches", label_zh="无填充批次")
-    fused_loss: bool = opt(False, "Compute the loss in chunks straight from the last hidden states, so the "
+    fused_loss: bool = opt(True, "Compute the loss in chunks straight from the last hidden states, so the "
                                   "logits of a large vocabulary are never held whole in memory.",
                            "直接从最后的隐藏状态分块计算损失，大词表的 logits 不会整体驻留内存。",
                            label="Fused loss", label_zh="融合损失")
@@ -165,6 +165,21 @@ class TrainOptions:
     save_steps: int = opt(0, "Save a checkpoint every N steps (0 = only when stopped or finished).",
                           "每 N 步保存检查点（0 = 仅在停止或结束时保存）。", label="Save every", label_zh="保存间隔",
                           min=0)
+
+
+@dataclass
+class NodeOptions:
+    count: int = opt(1, "Machines taking part in the run. Above 1, each machine runs the torchrun command "
+                        "shown for its node rank; Start runs node 0 here.",
+                     "参与训练的机器数。大于 1 时，每台机器运行与其节点序号对应的 torchrun 命令；“开始训练”在本机运行节点 0。",
+                     label="Nodes", label_zh="节点数", min=1, max=1024)
+    host: str = opt("", "Rendezvous host: the address of node 0 that every node can reach (needed with "
+                        "several nodes).",
+                    "会合主机：所有节点都能访问的节点 0 地址（多节点时必填）。",
+                    label="Rendezvous host", label_zh="会合主机")
+    port: int = opt(29500, "Rendezvous port on node 0; open it in that machine's firewall.",
+                    "节点 0 上的会合端口；需在该机防火墙上放行。", label="Rendezvous port", label_zh="会合端口",
+                    min=1, max=65535)
 
 
 @dataclass
@@ -188,6 +203,16 @@ class RunConfig:
     trust_remote_code: bool = opt(False, "Run Python code shipped with a hub model. Only for models you trust.",
                                   "运行模型仓库自带的 Python 代码。仅用于你信任的模型。",
                                   label="Trust remote code", label_zh="信任远程代码")
+    gpus: str = opt("auto", "Devices of each machine: auto (the first GPU, else the CPU), all (every GPU), "
+                            "GPU numbers such as 0,1,3, cpu, or cpu:N (N processes on the CPU). Several "
+                            "devices run one process each through torchrun: DDP for LoRA/QLoRA, FSDP for "
+                            "full and freeze tuning.",
+                    "每台机器使用的设备：auto（第一张 GPU，没有则用 CPU）、all（全部 GPU）、GPU 编号如 0,1,3、"
+                    "cpu，或 cpu:N（在 CPU 上运行 N 个进程）。多个设备时由 torchrun 每个设备启动一个进程："
+                    "LoRA/QLoRA 用 DDP，全量与冻结微调用 FSDP。",
+                    label="GPUs", label_zh="GPU")
+    nodes: NodeOptions = section(NodeOptions, "Several machines (torchrun static rendezvous).",
+                                 "多台机器（torchrun 静态会合）。")
     lora: LoraOptions = section(LoraOptions, "LoRA adapter options.", "LoRA 适配器选项。")
     quant: QuantOptions = section(QuantOptions, "QLoRA quantization options.", "QLoRA 量化选项。")
     freeze: FreezeOptions = section(FreezeOptions, "Freeze-tuning options.", "冻结微调选项。")
@@ -462,3 +487,16 @@ def validate(cfg: RunConfig, *, file: str | None = None, lines: dict | None = No
     if any(r is not None for r in ratios) and any(r is None for r in ratios):
         raise ConfigError("give a mix ratio to every dataset, or to none", field="datasets", file=file,
                           line=lines.get("datasets"))
+    _check_devices(cfg, file, lines)
+
+
+def _check_devices(cfg: RunConfig, file, lines) -> None:
+    from core.devices import check
+
+    problem = check(cfg.gpus)
+    if problem:
+        raise ConfigError(f"'{cfg.gpus}' is not a device choice: {problem}", field="gpus", file=file,
+                          line=lines.get("gpus"))
+    if cfg.nodes.count > 1 and not cfg.nodes.host.strip():
+        raise ConfigError("several nodes need the rendezvous host (the address of node 0)", field="nodes.host",
+                          file=file, line=lines.get("nodes.host") or lines.get("nodes"))

@@ -1,6 +1,7 @@
 """The queue and its supervisor: runs wait in the workspace database, the supervisor starts each
-as `python -m core train --config runs/<id>/config.yaml` in its own process group, watches it
-through its pid and status.json, and marks it failed within seconds if it dies.
+as `python -m core train --config runs/<id>/config.yaml` (torchrun for several devices, see
+core/launch.py) in its own process group, watches it through its pid and status.json, and marks
+it failed within seconds if it dies.
 
 The UI holds no run state: any process (a restarted UI, the CLI) can open a Supervisor on the
 same workspace and pick up where the last one left off. Only one supervisor at a time starts
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import db
+from core import db, devices, launch, procs
 from core.config import RunConfig
 from core.errors import WorkbenchError
 from core.runfiles import FINAL_STATES, RunDir, new_run_id
@@ -59,17 +60,9 @@ class Job:
 
 
 def devices_for(cfg: RunConfig) -> str:
-    """The device set a run occupies: 'cpu', or the CUDA device ids it will use."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    wanted = getattr(cfg, "gpus", "") or ""
-    if wanted in ("", "auto"):
-        return "0"
-    if wanted == "all":
-        return ",".join(str(i) for i in range(torch.cuda.device_count()))
-    return wanted
+    """The device set a run occupies: 'cpu', or the CUDA device ids it will use. GPU numbers
+    this machine lacks are a ConfigError."""
+    return devices.place(cfg.gpus, devices.cuda_count(), nodes=cfg.nodes.count).device_set
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -297,14 +290,16 @@ class Supervisor:
                 _set(job.id, state="running")
             return
         self.children.pop(job.id, None)
+        procs.kill_all(str(job.dir.config), "-m core")    # workers that a killed torchrun left behind
         if not job.dir.root.exists():
             _set(job.id, state="failed", error="the run folder was deleted", finished_at=time.time(), pid=None)
             return
+        cause = launch.root_cause(job.dir.log_tail(200))
         if state in FINAL_STATES and status.get("updated_at", 0) >= (job.started_at or 0):
-            _set(job.id, state=state, error=status.get("error"), finished_at=status.get("finished_at", time.time()),
-                 pid=None)
+            error = f"{cause}; then {status.get('error')}" if state == "failed" and cause else status.get("error")
+            _set(job.id, state=state, error=error, finished_at=status.get("finished_at", time.time()), pid=None)
             return
-        reason = self._death_reason(child)
+        reason = cause or self._death_reason(child)
         tail = job.dir.log_tail(12)
         error = f"{reason}{chr(10) + 'last log lines:' + chr(10) + tail if tail else ''}"
         job.dir.write_status(state="failed", error=reason, finished_at=time.time())
@@ -338,18 +333,20 @@ class Supervisor:
             _set(job.id, state="failed", error="the run folder or its config.yaml was deleted", position=None,
                  finished_at=time.time())
             return False
-        cmd = [sys.executable, "-m", "core", "--workspace", str(home()), "train", "--config", str(run.config)]
-        if job.resume:
-            cmd.append("--resume")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if job.devices != "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = job.devices
+        try:
+            cmd = launch.command(RunConfig.load(run.config), str(run.config), cuda_count=devices.cuda_count(),
+                                 workspace=str(home()), resume=bool(job.resume))
+        except WorkbenchError as e:
+            _set(job.id, state="failed", error=str(e), position=None, finished_at=time.time())
+            run.write_status(state="failed", error=str(e), finished_at=time.time())
+            return False
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **cmd.env}
         with db.transaction() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id=?", (job.id,)).fetchone()
             if row is None or row["state"] != "queued":
                 return False
             with open(run.log, "ab") as log:
-                child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                child = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, cwd=os.getcwd(), start_new_session=True)
             conn.execute("UPDATE jobs SET state='starting', pid=?, started_at=?, position=NULL WHERE id=?",
                          (child.pid, time.time(), job.id))

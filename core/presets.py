@@ -55,7 +55,3 @@ def save(name: str, cfg: RunConfig) -> Path:
     saved.output_dir = ""
     saved.save(path)
     return path
-
-
-def headless_command(config_path: str) -> str:
-    return f"python -m core train --config {config_path}"

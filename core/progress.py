@@ -11,6 +11,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from core.distributed import any_rank, is_main
 from core.runfiles import RunDir
 
 log = logging.getLogger("workbench")
@@ -48,10 +49,12 @@ class StopRequest:
 
 
 class ProgressCallback(TrainerCallback):
-    def __init__(self, run: RunDir, stop: StopRequest, count_tokens: str):
+    """tokens_per_s reads state.num_input_tokens_seen, which training_arguments sets to count real
+    tokens only (never padding), so the figure compares across batching modes."""
+
+    def __init__(self, run: RunDir, stop: StopRequest):
         self.run = run
         self.stop = stop
-        self.count_tokens = count_tokens
         self.start_time = self.start_step = None
         self.last_log_time = self.last_tokens = None
         self.last_status = 0.0
@@ -65,14 +68,16 @@ class ProgressCallback(TrainerCallback):
                               epoch=state.epoch or 0.0, eta_s=None, started_at=self.start_time)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.requested:
+        if any_rank(self.stop.requested):
+            self.stop.requested = True
             control.should_save = True
             control.should_training_stop = True
         now = time.time()
         if now - self.last_status >= 0.5 or state.global_step >= state.max_steps:
             self.last_status = now
             self.run.write_status(state="running", step=state.global_step, total_steps=state.max_steps,
-                                  epoch=round(state.epoch or 0.0, 4), eta_s=self._eta(state, now))
+                                  epoch=round(state.epoch or 0.0, 4), eta_s=self._eta(state, now),
+                                  **peak_memory_gib())
 
     def _eta(self, state, now: float) -> float | None:
         done = state.global_step - self.start_step
@@ -107,7 +112,7 @@ class ProgressCallback(TrainerCallback):
 
 def setup_logging(run: RunDir | None) -> None:
     logger = logging.getLogger("workbench")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if is_main() else logging.WARNING)    # one rank tells the story
     logger.handlers.clear()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stderr)

@@ -1,6 +1,9 @@
 """The run folder: what the worker writes and everyone else reads.
 
 runs/<id>/config.yaml  status.json  metrics.jsonl  train.log  checkpoints/  adapter/ (or model/)
+
+A run on several processes reports through rank 0 alone: on the other ranks (RANK set by
+torchrun) writing status and metrics does nothing.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.distributed import is_main
 from core.workspace import atomic_write_json, read_json, runs_dir
 
 STATES = ("queued", "starting", "running", "completed", "failed", "stopped")
@@ -43,10 +47,13 @@ class RunDir:
     def write_status(self, **fields) -> dict:
         status = self.read_status()
         status.update(fields, updated_at=time.time())
-        atomic_write_json(self.status, status)
+        if is_main():
+            atomic_write_json(self.status, status)
         return status
 
     def append_metric(self, row: dict) -> None:
+        if not is_main():
+            return
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -21,7 +21,8 @@ def summary(job: Job) -> dict:
         "started": started, "duration_s": (end - started) if started and end else None,
         "final_loss": losses[-1] if losses else None, "error": job.error or status.get("error"),
         "queue_position": queue_position(job.id) if job.state == "queued" else None,
-        "peak_mem_gib": status.get("peak_mem_gib"),
+        "peak_mem_gib": status.get("peak_mem_gib"), "mem_device": status.get("mem_device"),
+        "estimate_gib": status.get("estimate_gib"),
     }
 
 

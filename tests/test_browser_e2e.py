@@ -55,13 +55,15 @@ def test_runs_tab_shows_the_chart_growing_until_the_run_completes(page):
     shot(page, "tab-runs-training")
     page.wait_for_selector("#run-progress[data-state='completed']", timeout=900_000)
     assert chart_points(page) >= 30
+    assert re.search(r"estimated \d+\.\d\d GiB per GPU, measured peak \d+\.\d\d GiB",
+                     page.locator("#run-progress").inner_text())
     shot(page, "tab-runs")
 
 
 def test_library_lists_the_new_adapter_with_its_metrics(page):
     open_tab(page, "Library")
     page.wait_for_function("() => document.querySelector('#lib-table').innerText.includes('demo-')")
-    row = page.locator("#lib-table tbody tr").first.inner_text()
+    row = page.locator("#lib-table tbody tr", has_text="demo-").first.inner_text()
     assert "demo-" in row and "lora" in row and re.search(r"\d\.\d{4}", row), row
     shot(page, "tab-library")
 

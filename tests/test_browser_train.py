@@ -28,7 +28,7 @@ def set_field(page, elem_id, value):
 def test_memory_panel_explains_and_fixes_a_run_that_does_not_fit(page):
     assert "Trainable parameters" in page.locator("#train-params").inner_text()
     pick(page, "preset", "qlora-8b-16gb")
-    pick(page, "mem-gpu", "16 GB")
+    pick(page, "mem-gpu", "12 GB")
     page.wait_for_function("() => document.querySelector('#mem-summary').innerText.includes('does not fit')")
     assert page.locator("#mem-chart .js-plotly-plot").count() == 1
     page.locator("#mem-apply-0").click()

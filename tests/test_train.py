@@ -33,6 +33,7 @@ def test_lora_run_writes_metrics_status_and_a_peft_adapter(tiny_model, tmp_path,
     run_dir = run(config(tiny_model, tmp_path / "r", data={"eval_split": 0.1}, train={"eval_steps": 2}))
     status = run_dir.read_status()
     assert status["state"] == "completed" and status["step"] == 4 == status["total_steps"]
+    assert status["estimate_gib"] > 0 and status["peak_mem_gib"] > 0
     rows = run_dir.read_metrics()
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
@@ -44,6 +45,7 @@ def test_lora_run_writes_metrics_status_and_a_peft_adapter(tiny_model, tmp_path,
     meta = json.loads((adapter / "workbench.json").read_text())
     assert meta["base_model"] == str(tiny_model) and meta["metrics"]["steps"] == 4
     assert meta["metrics"]["eval_loss"] is not None
+    assert meta["memory"]["estimate"]["total_gib"] > 0 and "weights" in meta["memory"]["estimate"]["parts"]
     assert (run_dir.config).is_file() and not list(adapter.parent.glob(".adapter.tmp"))
 
 
@@ -182,3 +184,15 @@ def test_existing_run_is_never_overwritten(tiny_model, tmp_path, workspace):
     run(cfg)
     with pytest.raises(ConfigError, match="already holds a run"):
         run(config(tiny_model, tmp_path / "r", train={"max_steps": 1}))
+
+
+def test_out_of_memory_names_changes_that_fit_the_gpu_it_ran_on(monkeypatch):
+    from core import train, vram
+
+    cfg = RunConfig.from_dict({"model": "meta-llama/Llama-3.1-8B", "method": "full",
+                               "train": {"batch_size": 8}, "data": {"max_seq_len": 2048}})
+    monkeypatch.setattr(vram, "detected_gpus", lambda: [vram.Gpu("GPU 0: NVIDIA A10", 24, 22.3)])
+    msg = train.out_of_memory_message(cfg)
+    assert msg.startswith("out of memory on GPU 0: NVIDIA A10 (22 GiB)") and "method=" in msg, msg
+    monkeypatch.setattr(vram, "detected_gpus", lambda: [])
+    assert "gradient checkpointing" in train.out_of_memory_message(cfg)

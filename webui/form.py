@@ -26,6 +26,7 @@ GROUPS: dict[str, list[str]] = {
                  "train.save_steps"],
     "speed": ["train.gradient_checkpointing", "train.padding_free", "train.fused_loss", "data.packing"],
     "data": ["data.max_seq_len", "data.train_on", "data.eval_split"],
+    "devices": ["gpus", "nodes.count", "nodes.host", "nodes.port"],
 }
 
 # Learning rates that suit each method; switching method swaps a default for the other default.
@@ -74,13 +75,16 @@ class Form:
         return out
 
 
-def make_component(dotted: str, value, lang: str, tr: Translator, model_choices: list[str] | None = None):
+def make_component(dotted: str, value, lang: str, tr: Translator, model_choices: list[str] | None = None,
+                   gpu_choices: list[str] | None = None):
     meta = field_meta(dotted)
     tp = field_type(dotted)
     common = dict(label=field_label(dotted, lang), info=field_help(dotted, lang), value=value,
                   elem_id="field-" + dotted.replace(".", "-"))
     if dotted == "model":
         comp = gr.Dropdown(choices=model_choices or [value], allow_custom_value=True, **common)
+    elif dotted == "gpus":
+        comp = gr.Dropdown(choices=gpu_choices or [value], allow_custom_value=True, **common)
     elif meta.get("choices"):
         comp = gr.Dropdown(choices=list(meta["choices"]), **common)
     elif tp is bool:

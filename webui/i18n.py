@@ -37,6 +37,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "train.group.training": ("Training", "训练参数"),
     "train.group.speed": ("Speed and memory", "速度与显存"),
     "train.group.data": ("Data", "数据"),
+    "train.group.devices": ("GPUs and machines", "GPU 与多机"),
     "train.datasets": ("Datasets", "数据集"),
     "train.datasets_hint": ("Saved datasets and the demo files. Pick one or several.",
                             "已保存的数据集和演示文件。可选一个或多个。"),
@@ -53,6 +54,13 @@ STRINGS: dict[str, tuple[str, str]] = {
     "train.preset_saved": ("Saved preset **{name}**.", "已保存预设 **{name}**。"),
     "train.yaml_loaded": ("Loaded {file}.", "已加载 {file}。"),
     "train.cmd_single": ("Run it headless on this machine:", "在本机无界面运行："),
+    "train.cmd_nodes": ("Run it on {n} machines: one command on each, with config.yaml and the data at the same "
+                        "paths; node 0 ({host}) hosts the rendezvous on port {port}.",
+                        "在 {n} 台机器上运行：每台运行一条命令，config.yaml 与数据放在相同路径；"
+                        "节点 0（{host}）在端口 {port} 上主持会合。"),
+    "train.cmd_node": ("node {rank}:", "节点 {rank}："),
+    "train.cmd_more": ("... and the same with --node_rank {first} to {last}",
+                       "……其余节点同上，--node_rank 取 {first} 到 {last}"),
     # memory panel
     "mem.title": ("GPU memory", "显存估算"),
     "mem.gpu": ("GPU", "GPU"),
@@ -77,6 +85,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "mem.part.allocator_slack": ("allocator slack", "分配器余量"),
     # runs tab
     "runs.list": ("Runs", "运行列表"),
+    "runs.memory": ("Memory: estimated {estimated} per GPU, measured peak {measured}",
+                    "内存：估算每张 GPU {estimated}，实测峰值 {measured}"),
     "runs.select": ("Run", "运行"),
     "runs.refresh": ("Refresh", "刷新"),
     "runs.stop": ("Stop", "停止"),

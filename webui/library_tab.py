@@ -62,7 +62,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
                          "value")
         zip_prepare = tr.add(gr.Button(t("lib.zip", lang), scale=1, elem_id="lib-zip"), "lib.zip", "value")
         zip_button = tr.add(gr.DownloadButton(t("lib.zip_ready", lang), scale=1, visible=False,
-                                              elem_id="lib-zip-download"), "lib.zip_ready", "value")
+                                              elem_id="lib-zip-download"), "lib.zip_ready")
     message = gr.Markdown(elem_id="lib-message")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):

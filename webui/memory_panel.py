@@ -56,7 +56,7 @@ def build(tr: Translator, lang: str = "en") -> Panel:
         with gr.Row():
             gpu = tr.add(gr.Dropdown(choices=gpu_options(), value=default_gpu(), label=t("mem.gpu", lang), scale=3,
                                      elem_id="mem-gpu"), "mem.gpu")
-            gpus = tr.add(gr.Number(value=1, minimum=1, maximum=64, precision=0, label=t("mem.gpus", lang), scale=1,
+            gpus = tr.add(gr.Number(value=1, minimum=1, maximum=4096, precision=0, label=t("mem.gpus", lang), scale=1,
                                     elem_id="mem-gpus"), "mem.gpus")
         summary = gr.Markdown(elem_id="mem-summary")
         params = gr.Markdown(elem_id="train-params")

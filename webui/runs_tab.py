@@ -44,7 +44,17 @@ def progress_html(job: jobs.Job, lang: str) -> str:
             f"<b>{html.escape(s['name'])}</b> · {t('state.' + job.state, lang)} {step}{eta}"
             f"<div style='background:#eee;border-radius:4px;height:12px;margin-top:4px'>"
             f"<div style='width:{pct:.1f}%;background:{color};height:12px;border-radius:4px'></div></div>"
-            f"{error}</div>")
+            f"{memory_line(s, lang)}{error}</div>")
+
+
+def memory_line(s: dict, lang: str) -> str:
+    """The pre-run estimate beside the measured peak, so a user learns how far to trust the estimate."""
+    if not s["estimate_gib"] and not s["peak_mem_gib"]:
+        return ""
+    gib = lambda v: f"{v:.2f} GiB" if v else "—"
+    measured = gib(s["peak_mem_gib"]) + (f" ({html.escape(s['mem_device'])})" if s["mem_device"] else "")
+    return (f"<div class='run-memory' style='font-size:12px;margin-top:4px'>"
+            f"{t('runs.memory', lang, estimated=gib(s['estimate_gib']), measured=measured)}</div>")
 
 
 def run_choices() -> list[tuple[str, str]]:

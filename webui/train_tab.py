@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import jobs, presets
+from core import devices, jobs, launch, presets
 from core.dataset_library import list_datasets
 from core.config import EMBEDDED_MODEL, RunConfig
 from core.errors import WorkbenchError
@@ -18,7 +18,8 @@ from webui.i18n import Translator, field_label, t
 
 GROUP_TITLES = {"model": "train.group.model", "lora": "train.group.lora", "quant": "train.group.quant",
                 "freeze": "train.group.freeze", "training": "train.group.training",
-                "speed": "train.group.speed", "data": "train.group.data"}
+                "speed": "train.group.speed", "data": "train.group.data", "devices": "train.group.devices"}
+SHOWN_NODES = 16          # node commands printed in full; the rest differ only in --node_rank
 
 
 @dataclass
@@ -94,8 +95,21 @@ def describe_error(e: WorkbenchError, lang: str) -> str:
 
 
 def preview_text(cfg: RunConfig, lang: str) -> str:
-    return (f"# config.yaml\n{cfg.to_yaml()}\n# {t('train.cmd_single', lang)}\n"
-            f"# {presets.headless_command('config.yaml')}\n")
+    return f"# config.yaml\n{cfg.to_yaml()}\n{command_text(cfg, lang)}"
+
+
+def command_text(cfg: RunConfig, lang: str) -> str:
+    """The command Start runs (one per node for several machines), as YAML comments."""
+    lines = launch.node_commands(cfg, "config.yaml", devices.cuda_count())
+    if cfg.nodes.count == 1:
+        return f"# {t('train.cmd_single', lang)}\n# {lines[0]}\n"
+    n = cfg.nodes
+    out = [t("train.cmd_nodes", lang, n=n.count, host=n.host, port=n.port)]
+    for rank, line in enumerate(lines[:SHOWN_NODES]):
+        out += [t("train.cmd_node", lang, rank=rank), line]
+    if n.count > SHOWN_NODES:
+        out.append(t("train.cmd_more", lang, first=SHOWN_NODES, last=n.count - 1))
+    return "".join(f"# {line}\n" for line in out)
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
@@ -124,7 +138,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                             info=t("train.datasets_hint", lang), elem_id="datasets"), "train.datasets", "labelinfo")
                         ratios = tr.add(gr.Textbox(label=t("train.ratios", lang), info=t("train.ratios_hint", lang),
                                                    max_lines=1, elem_id="ratios"), "train.ratios", "labelinfo")
-                    build_group(form, group, cfg, lang, tr, model_choices=model_choices())
+                    build_group(form, group, cfg, lang, tr, model_choices=model_choices(),
+                                gpu_choices=devices.choices(devices.cuda_count()))
         with gr.Column(scale=2):
             start = tr.add(gr.Button(t("train.start", lang), variant="primary", elem_id="start"), "train.start",
                            "value")
@@ -134,9 +149,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                 preview = gr.Code(value=preview_text(cfg, lang), language="yaml", elem_id="preview")
                 with gr.Row():
                     load_yaml = tr.add(gr.UploadButton(t("train.load_yaml", lang), file_types=[".yaml", ".yml"]),
-                                       "train.load_yaml", "value")
-                    download = tr.add(gr.DownloadButton(t("train.download_yaml", lang)), "train.download_yaml",
-                                      "value")
+                                       "train.load_yaml")
+                    download = tr.add(gr.DownloadButton(t("train.download_yaml", lang)), "train.download_yaml")
     tab = TrainTab(form, datasets, ratios, groups, message, preview)
     nonce = gr.State(lambda: uuid.uuid4().hex)
     _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download)
@@ -154,6 +168,7 @@ def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
         return memory_panel.render(cfg, error, float(gpu_gib), int(gpus or 1), lang)
 
     inputs = [panel.gpu, panel.gpus, lang_state] + tab.inputs
+    _follow_devices(tab, panel)
     triggers = [c.change for c in tab.inputs] + [panel.gpu.change, panel.gpus.change, lang_state.change]
     gr.on(triggers, update, inputs, panel.outputs, show_progress="hidden")
     tab.on_load = (update, inputs, panel.outputs)
@@ -167,6 +182,16 @@ def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
 
     for i, button in enumerate(panel.apply):
         button.click(apply, [gr.State(i), panel.overrides, lang_state] + tab.inputs, tab.inputs)
+
+
+def _follow_devices(tab: TrainTab, panel) -> None:
+    """The panel's GPU count follows the run's own device choice (every GPU of every node)."""
+    spec, nodes = tab.form.components["gpus"], tab.form.components["nodes.count"]
+
+    def count(gpus, n):
+        return devices.gpus_for_estimate(str(gpus or ""), int(n or 1), devices.cuda_count())
+
+    gr.on([spec.change, nodes.change], count, [spec, nodes], panel.gpus, show_progress="hidden")
 
 
 def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download):
