@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.errors import WorkbenchError
 from core.workspace import home
 
 SCHEMA = """
@@ -56,6 +57,19 @@ CREATE TABLE IF NOT EXISTS adapters (
 BUSY_TIMEOUT_S = 30.0
 
 
+class DatabaseBusy(WorkbenchError, sqlite3.OperationalError):
+    """Another process kept the workspace database locked for longer than BUSY_TIMEOUT_S.
+    Also an sqlite3.OperationalError, so code that handles database errors keeps handling it."""
+
+    def __init__(self):
+        super().__init__(f"the workspace database ({db_path()}) stayed locked by another process for more than "
+                         f"{BUSY_TIMEOUT_S:g} s; nothing was changed", hint="try again in a moment")
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
+
+
 def db_path() -> Path:
     return home() / "workbench.db"
 
@@ -84,27 +98,38 @@ def _retry_locked(fn, attempts: int = 100):
         try:
             return fn()
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e) or attempt == attempts - 1:
+            if not _is_busy(e):
                 raise
+            if attempt == attempts - 1:
+                raise DatabaseBusy() from e
             time.sleep(min(0.02 * (attempt + 1), 0.5))
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, retried while another process holds the write lock, for BUSY_TIMEOUT_S in all:
+    past that, DatabaseBusy, so a caller such as the UI shows a message instead of hanging."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    attempt = 0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy() from e
+        attempt += 1
+        time.sleep(min(0.05 * attempt, 1.0, max(0.0, deadline - time.monotonic())))
 
 
 @contextmanager
 def transaction(conn: sqlite3.Connection | None = None):
-    """BEGIN IMMEDIATE ... COMMIT, retried while the database is locked by another process."""
+    """BEGIN IMMEDIATE ... COMMIT, waiting while the database is locked by another process."""
     own = conn is None
     conn = conn or connect()
     try:
-        for attempt in range(50):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                time.sleep(min(0.05 * (attempt + 1), 1.0))
-        else:
-            raise sqlite3.OperationalError("the workspace database stayed locked; try again")
+        _begin(conn)
         try:
             yield conn
             conn.execute("COMMIT")

@@ -6,8 +6,10 @@ run folder is written, so a refused config leaves nothing behind.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -267,10 +269,30 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         log.error(msg)
         raise RunFailed(msg) from None
     except Exception as e:
-        run_dir.write_status(state="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
+        msg = failure_message(e, run_dir)
+        run_dir.write_status(state="failed", error=msg, finished_at=time.time())
         log.exception("training failed")
-        raise RunFailed(str(e)) from e
+        raise RunFailed(msg) from e
     return run_dir
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# Libraries that write in native code (safetensors) report the OS error only in their message.
+_DISK_FULL_TEXT = re.compile(r"os error (%s)\b|no space left|file too large|quota exceeded"
+                             % "|".join(map(str, DISK_FULL_ERRNOS)), re.I)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return (isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS) or bool(_DISK_FULL_TEXT.search(str(e)))
+
+
+def failure_message(e: Exception, run_dir: RunDir) -> str:
+    """One line for status.json; a full disk says so and what to do next."""
+    if not is_disk_full(e):
+        return f"{type(e).__name__}: {e}"
+    then = "resume from the newest checkpoint" if run_dir.newest_checkpoint() else "run it again"
+    return (f"the disk is full (or a file size limit was reached) while writing to {run_dir.root}: free some "
+            f"space, then {then} ({e})")
 
 
 def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, final_eval, data, started,
@@ -280,11 +302,26 @@ def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, fina
     out = run_dir.output(cfg.method)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = trainer.model
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
+    try:
+        trainer.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        summary = result_summary(cfg, run_dir, trainer, resolved, result, final_eval, data, started)
+        atomic_write_json(tmp / "workbench.json", summary)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)     # a half-written folder is no adapter
+        raise
+    run_dir.write_status(state="completed", step=trainer.state.global_step, eta_s=0, finished_at=time.time(),
+                         output=str(out), final_loss=summary["metrics"]["train_loss"],
+                         eval_loss=summary["metrics"]["eval_loss"])
+    log.info("finished: %s", out)
+
+
+def result_summary(cfg, run_dir: RunDir, trainer, resolved, result, final_eval, data, started) -> dict:
+    """workbench.json: where the adapter came from and how its run went."""
     metrics = [r for r in run_dir.read_metrics() if "loss" in r]
-    summary = {
+    return {
         "base_model": cfg.model,
         "base_model_path": resolved.path,
         "method": cfg.method,
@@ -302,13 +339,6 @@ def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, fina
         "memory": {**peak_memory_gib(), "estimate": estimate_or_none(cfg)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write_json(tmp / "workbench.json", summary)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    run_dir.write_status(state="completed", step=trainer.state.global_step, eta_s=0, finished_at=time.time(),
-                         output=str(out), final_loss=summary["metrics"]["train_loss"],
-                         eval_loss=summary["metrics"]["eval_loss"])
-    log.info("finished: %s", out)
 
 
 def estimate_or_none(cfg) -> dict | None:

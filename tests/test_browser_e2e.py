@@ -39,6 +39,10 @@ def chart_points(page) -> int:
 def test_first_page_has_the_demo_ready_and_start_queues_it(page):
     assert page.locator("#preset input").input_value() == "demo"
     assert "identity.jsonl" in page.locator("#datasets").inner_text()
+    page.wait_for_selector("#mem-summary >> text=GiB")
+    assert re.search(r"Needs about \*?\*?\d+\.\d GiB", page.locator("#mem-summary").inner_text())
+    assert "Trainable parameters" in page.locator("#train-params").inner_text()
+    page.wait_for_selector("#mem-chart .js-plotly-plot")
     shot(page, "tab-train")
     page.locator("#start").click()
     page.wait_for_selector("#train-message >> text=queued")

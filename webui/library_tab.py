@@ -23,7 +23,7 @@ def table(base: str, lang: str) -> pd.DataFrame:
     for a in library.list_adapters(base or None):
         ra = f"{a.rank}/{a.alpha:g}" if a.rank else ""
         loss = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""
-        rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, ra, ",".join(a.target_modules),
+        rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, ra, ", ".join(a.target_modules),
                      ", ".join(d.rsplit("/", 1)[-1] for d in a.datasets), a.steps or "", loss(a.train_loss),
                      loss(a.eval_loss), a.size, a.created.replace("T", " ")[:16], a.source])
     return pd.DataFrame(rows, columns=cols)
