@@ -346,6 +346,8 @@ class Supervisor:
             if row is None or row["state"] != "queued":
                 return False
             with open(run.log, "ab") as log:
+                log.write(launch.launch_marker(time.time()).encode())
+                log.flush()
                 child = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, cwd=os.getcwd(), start_new_session=True)
             conn.execute("UPDATE jobs SET state='starting', pid=?, started_at=?, position=NULL WHERE id=?",

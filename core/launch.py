@@ -11,6 +11,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 from core.config import RunConfig
@@ -70,9 +71,18 @@ def node_commands(cfg: RunConfig, config: str, cuda_count: int) -> list[str]:
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
+LAUNCH_MARK = "--- launched "
+
+
+def launch_marker(when: float) -> str:
+    """The line the supervisor writes to train.log before each launch (a resume appends to the same log)."""
+    return f"{LAUNCH_MARK}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))} ---\n"
+
+
 def root_cause(log: str) -> str | None:
-    """torchrun's report of the rank that failed first, in one line (None when there is none)."""
-    found = _ROOT_CAUSE.findall(log)
+    """torchrun's report of the rank that failed first in the latest launch, in one line (None when
+    there is none)."""
+    found = _ROOT_CAUSE.findall(log.rsplit(LAUNCH_MARK, 1)[-1])
     if not found:
         return None
     rank, code = int(found[-1][0]), int(found[-1][1])

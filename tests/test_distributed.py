@@ -114,6 +114,8 @@ def test_torchrun_root_cause_reads_as_one_line():
            "  rank      : 3 (local_rank: 1)\n  exitcode  : -9 (pid: 77)\n")
     assert launch.root_cause(log) == "the worker process of rank 3 was killed by SIGKILL"
     assert launch.root_cause("all fine") is None
+    resumed = log + launch.launch_marker(0) + "step 5/8 loss 1.2\nValueError: something else\n"
+    assert launch.root_cause(resumed) is None
 
 
 def test_preview_prints_the_command_of_every_node():
