@@ -47,12 +47,16 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         print("stopped before training began", file=sys.stderr)
         return EXIT_STOPPED
+    from core.distributed import is_main
+
     status = run_dir.read_status()
     if status.get("state") == "stopped":
-        print(f"stopped at step {status.get('step')}; resume with: python -m core train --config "
-              f"{run_dir.config} --resume", file=sys.stderr)
+        if is_main():     # under torchrun every rank returns here; one tells the user
+            print(f"stopped at step {status.get('step')}; resume with: python -m core train --config "
+                  f"{run_dir.config} --resume", file=sys.stderr)
         return EXIT_STOPPED
-    print(status.get("output", run_dir.root))
+    if is_main():
+        print(status.get("output", run_dir.root))
     return 0
 
 
