@@ -236,6 +236,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     if not resume and distributed.is_main():
         cfg.save(run_dir.config)
     trainable, total = count_parameters(model)
+    estimate = estimate_or_none(cfg)
     log.info("run %s: %s on %s, %s, %s batches, %s loss, trainable %d of %d parameters (%.3f%%)", run_dir.id,
              cfg.method, cfg.model, precision.label, batching_label(cfg), loss_path, trainable, total,
              100 * trainable / max(total, 1))
@@ -244,7 +245,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
                          batching=batching_label(cfg), loss_path=loss_path,
                          device=device_kind(), rows=data.rows, dropped=len(data.dropped),
                          processes=distributed.world_size(), strategy=distributed.strategy(cfg, device_kind()),
-                         estimate_gib=(estimate_or_none(cfg) or {}).get("total_gib"))
+                         estimate_gib=(estimate or {}).get("total_gib"))
     collator = FlattenCollator() if flattened(cfg) else PadCollator(tokenizer.pad_token_id)
     trainer = WorkbenchTrainer(model=model, args=training_arguments(cfg, run_dir, precision, bool(data.eval)),
                                train_dataset=data.train, eval_dataset=data.eval or None, data_collator=collator,
@@ -262,7 +263,8 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         final_eval = trainer.evaluate() if data.eval else {}
         state_dict = distributed.full_state_dict(trainer)
         if distributed.is_main():
-            save_result(cfg, run_dir, trainer, tokenizer, resolved, result, final_eval, data, started, state_dict)
+            save_result(cfg, run_dir, trainer, tokenizer, resolved, result, final_eval, data, started, estimate,
+                        state_dict)
     except torch.OutOfMemoryError:
         msg = out_of_memory_message(cfg)
         run_dir.write_status(state="failed", error=msg, finished_at=time.time(), **peak_memory_gib())
@@ -296,7 +298,7 @@ def failure_message(e: Exception, run_dir: RunDir) -> str:
 
 
 def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, final_eval, data, started,
-                state_dict=None) -> None:
+                estimate=None, state_dict=None) -> None:
     """Write the adapter (or full model) atomically: a temp folder renamed into place.
     state_dict: the weights gathered from every rank under FSDP."""
     out = run_dir.output(cfg.method)
@@ -305,7 +307,7 @@ def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, fina
     try:
         trainer.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        summary = result_summary(cfg, run_dir, trainer, resolved, result, final_eval, data, started)
+        summary = result_summary(cfg, run_dir, trainer, resolved, result, final_eval, data, started, estimate)
         atomic_write_json(tmp / "workbench.json", summary)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
@@ -318,8 +320,9 @@ def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, fina
     log.info("finished: %s", out)
 
 
-def result_summary(cfg, run_dir: RunDir, trainer, resolved, result, final_eval, data, started) -> dict:
-    """workbench.json: where the adapter came from and how its run went."""
+def result_summary(cfg, run_dir: RunDir, trainer, resolved, result, final_eval, data, started, estimate) -> dict:
+    """workbench.json: where the adapter came from and how its run went; `estimate` is the pre-run
+    memory estimate, kept beside the measured peak."""
     metrics = [r for r in run_dir.read_metrics() if "loss" in r]
     return {
         "base_model": cfg.model,
@@ -336,7 +339,7 @@ def result_summary(cfg, run_dir: RunDir, trainer, resolved, result, final_eval, 
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "rows": data.rows,
         },
-        "memory": {**peak_memory_gib(), "estimate": estimate_or_none(cfg)},
+        "memory": {**peak_memory_gib(), "estimate": estimate},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -355,12 +358,10 @@ def out_of_memory_message(cfg) -> str:
     generic = ("out of memory: lower the batch size (raise gradient accumulation to keep the effective batch), "
                "shorten the max length, turn on gradient checkpointing, or use QLoRA")
     gpus = vram.detected_gpus()
-    if not gpus:
-        return generic
     try:
-        picks = vram.suggestions(cfg, gpus[0].gib, gpus=distributed.world_size())
-    except Exception:
-        return generic
+        picks = vram.suggestions(cfg, gpus[0].gib, gpus=distributed.world_size()) if gpus else []
+    except Exception:  # advice must never hide the out-of-memory failure itself
+        picks = []
     if not picks:
         return generic
     tips = "; ".join(f"{p.description} ({' '.join(p.overrides)}, about {p.estimate.total_gib:.1f} GiB)"

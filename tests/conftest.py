@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,15 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
+
+
+def until(pred, timeout=120, sup=None, every=0.2):
+    """Wait for pred() (ticking a Supervisor when given one); fail the test after `timeout` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if sup is not None:
+            sup.tick()
+        if pred():
+            return True
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")

@@ -3,12 +3,13 @@ CPU (gloo) through the same supervisor and launcher a GPU run uses."""
 import os
 import signal
 import time
+from contextlib import contextmanager
 
 import psutil
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, until
 from core import devices, jobs, launch, procs
 from core.config import RunConfig
 from core.errors import ConfigError
@@ -26,16 +27,6 @@ def train_cfg(tiny_model, gpus, steps, grad_accum=1, name="d"):
         "max_steps": steps, "batch_size": 2, "grad_accum": grad_accum, "learning_rate": 3e-3,
         "scheduler": "constant", "warmup_ratio": 0.0, "dtype": "fp32", "save_steps": 0})
 
-
-def until(pred, timeout, sup=None, every=0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        if sup is not None:
-            sup.tick()
-        if pred():
-            return True
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
 
 
 def losses(job) -> list[float]:
@@ -140,6 +131,9 @@ def test_two_cpu_processes_train_like_one_and_write_one_adapter(tiny_model, work
         assert jobs.get(job.id).state == "completed", jobs.get(job.id).error
     status = two.dir.read_status()
     assert status["processes"] == 2 and status["strategy"] == "ddp"
+    paths = (str(two.dir.adapter), str(two.dir.root))
+    printed = [line for line in two.dir.log.read_text().splitlines() if line in paths]
+    assert printed == [str(two.dir.adapter)], printed                    # one rank tells where the adapter is
     assert [r["step"] for r in read_metrics(two.dir.metrics) if "loss" in r] == list(range(1, steps + 1))
     outputs = [p.name for p in two.dir.root.iterdir() if p.name in ("adapter", "model") or p.name.endswith(".tmp")]
     assert outputs == ["adapter"] and (two.dir.adapter / "adapter_model.safetensors").is_file()
@@ -152,13 +146,23 @@ def worker_pids(launcher_pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(launcher_pid).children()]
 
 
-def test_a_killed_rank_fails_the_run_within_seconds_and_leaves_no_process(tiny_model, workspace):
+@contextmanager
+def two_process_run_training(tiny_model):
+    """A cpu:2 run past its second step under a background supervisor: (job, launcher pid, worker pids).
+    Afterwards the supervisor stops and any process of the run is ended."""
     job = jobs.submit(train_cfg(tiny_model, "cpu:2", 100000))
     sup = jobs.Supervisor(poll_s=0.3).start_background()
     try:
         until(lambda: job.dir.read_status().get("step", 0) >= 2, 120)
         launcher = jobs.get(job.id).pid
-        workers = worker_pids(launcher)
+        yield job, launcher, worker_pids(launcher)
+    finally:
+        sup.shutdown()
+        procs.kill_all(job.id, "-m core")
+
+
+def test_a_killed_rank_fails_the_run_within_seconds_and_leaves_no_process(tiny_model, workspace):
+    with two_process_run_training(tiny_model) as (job, launcher, workers):
         assert len(workers) == 2
         os.kill(workers[-1], signal.SIGKILL)
         killed = time.time()
@@ -166,25 +170,14 @@ def test_a_killed_rank_fails_the_run_within_seconds_and_leaves_no_process(tiny_m
         assert time.time() - killed < 20
         assert "SIGKILL" in jobs.get(job.id).error and "rank" in jobs.get(job.id).error
         assert procs.processes_with(job.id) == [] and not psutil.pid_exists(launcher)
-    finally:
-        sup.shutdown()
-        procs.kill_all(job.id, "-m core")
 
 
 def test_a_killed_launcher_takes_its_workers_with_it(tiny_model, workspace):
-    job = jobs.submit(train_cfg(tiny_model, "cpu:2", 100000))
-    sup = jobs.Supervisor(poll_s=0.3).start_background()
-    try:
-        until(lambda: job.dir.read_status().get("step", 0) >= 2, 120)
-        launcher = jobs.get(job.id).pid
-        workers = worker_pids(launcher)
+    with two_process_run_training(tiny_model) as (job, launcher, workers):
         os.kill(launcher, signal.SIGKILL)
         until(lambda: jobs.get(job.id).state == "failed", 20)
         assert len(workers) == 2
         until(lambda: not any(jobs.pid_alive(p) for p in workers), 10)
-    finally:
-        sup.shutdown()
-        procs.kill_all(job.id, "-m core")
 
 
 @pytest.mark.gpu

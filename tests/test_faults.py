@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, until
 from core import db, jobs, runview
 from core.config import RunConfig
 from core.errors import WorkbenchError
@@ -25,16 +25,6 @@ def cfg(model, name="t", train=None, **sections):
     return RunConfig.from_dict({"model": str(model), "name": name, "datasets": [str(DATA)], "train": train,
                                 **sections})
 
-
-def until(pred, timeout=120, sup=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if sup is not None:
-            sup.tick()
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 # ---- compare ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, until
 from core import jobs
 from core.config import RunConfig
 from core.runfiles import read_metrics
@@ -20,16 +20,6 @@ def cfg(tiny_model, steps=3, name="t"):
     return RunConfig.from_dict({"model": str(tiny_model), "name": name, "datasets": [str(DATA)],
                                 "train": {"max_steps": steps, "batch_size": 2, "save_steps": 0}})
 
-
-def until(pred, timeout=120, sup=None, every=0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        if sup is not None:
-            sup.tick()
-        if pred():
-            return True
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
 
 
 def state(job_id):

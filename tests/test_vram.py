@@ -423,6 +423,13 @@ def test_cli_takes_a_bare_config_json_a_config_file_and_prints_advice(cli, tmp_p
     assert "does not fit" in r.stdout and "train.batch_size=" in r.stdout and "allocator slack" in r.stdout
 
 
+def test_cli_switches_the_default_fast_paths_off(cli):
+    parts = lambda *flags: json.loads(cli("estimate", "--model", "Qwen2.5-0.5B", "--json", *flags).stdout)["parts"]
+    default, stock = parts(), parts("--no-fused-loss", "--no-padding-free")
+    assert stock["logits"] > 20 * default["logits"]
+    assert parts("--no-fused-loss")["logits"] == stock["logits"]
+
+
 def test_cli_bad_input_exits_2_with_a_reason(cli, tmp_path):
     r = cli("estimate", "--model", "no-such-model", "--json")
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
