@@ -12,7 +12,7 @@ peak is the allocator's (max_memory_reserved) plus the CUDA context: what the de
 as in ../shared/calibration. Allocated peak plus context is recorded beside it.
 
 Without CUDA it says so, compares the estimate with the reference measurements in
-../shared/calibration (or --calibration) and exits 0.
+../shared/calibration (or the folder --calibration names) and exits 0.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 GIB = 1024 ** 3
-REFERENCE = ROOT.parent / "shared" / "calibration" / "h100_vram_reference.jsonl"
+CALIBRATION = ROOT.parent / "shared" / "calibration"
 REFERENCE_MODELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "llama3.2-3b": "Llama-3.2-3B",
                     "llama3.1-8b": "Llama-3.1-8B", "llama3.2-1b": "Llama-3.2-1B", "qwen2.5-1.5b": "Qwen2.5-1.5B",
                     "qwen2.5-7b": "Qwen2.5-7B"}
@@ -199,22 +199,42 @@ def _line(row: dict) -> str:
     est = row["estimate"]["total_gib"]
     if row.get("status") != "ok":
         return f"{label} estimate {est:7.2f} GiB  measured: {row.get('status')} {row.get('error', '')}"
+    alloc = f"  (allocated+context {row['alloc_plus_context_gib']:.2f})" if "alloc_plus_context_gib" in row else ""
     return (f"{label} estimate {est:7.2f} GiB  measured {row['device_used_gib']:7.2f} GiB  "
-            f"{100 * row['error_device']:+6.1f}%  (allocated+context {row['alloc_plus_context_gib']:.2f})")
+            f"{100 * row['error_device']:+6.1f}%{alloc}")
 
 
-def compare_reference(path: Path) -> list[dict]:
+def reference_cases(folder: Path) -> list[tuple[dict, dict]]:
+    """(measurement, case) for every reference run of the standard stack in the calibration folder:
+    h100_vram_reference.jsonl, and the runs without Liger kernels of h100_liger_side_by_side.jsonl that
+    the first file does not already hold (same recipe: LoRA r16, dropout 0, fused AdamW)."""
+    out, seen = [], set()
+    for name in ("h100_vram_reference.jsonl", "h100_liger_side_by_side.jsonl"):
+        path = folder / name
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for ref in map(json.loads, lines):
+            if ref.get("variant", "plain") != "plain":
+                continue
+            method, dtype = (ref["method"], "bf16") if ref["method"] in ("lora", "qlora") else ("full", ref["method"][5:])
+            case = {"model": REFERENCE_MODELS[ref["model"]], "method": method, "dtype": dtype, "batch": ref["batch"],
+                    "seq": ref["seq"], "ckpt": ref["grad_ckpt"], "optim": ref.get("optim", "adamw"),
+                    "rank": ref.get("lora_r") or 16}
+            key = tuple(case[k] for k in KEYS)
+            if key not in seen:
+                seen.add(key)
+                out.append(({**ref, "source": name}, case))
+    return out
+
+
+def compare_reference(folder: Path) -> list[dict]:
     """The estimate beside the reference measurements (device memory in use after each run)."""
     results = []
-    for line in path.read_text().splitlines():
-        ref = json.loads(line)
-        method, dtype = (ref["method"], "bf16") if ref["method"] in ("lora", "qlora") else ("full", ref["method"][5:])
-        case = {"model": REFERENCE_MODELS[ref["model"]], "method": method, "dtype": dtype, "batch": ref["batch"],
-                "seq": ref["seq"], "ckpt": ref["grad_ckpt"], "optim": ref["optim"], "rank": ref["lora_r"] or 16}
+    for ref, case in reference_cases(folder):
         est = estimate(case)
         row = {"case": case, "estimate": est, "status": "ok", "device_used_gib": ref["device_used_gb"],
-               "alloc_plus_context_gib": ref["peak_alloc_gb"] + ref["device_used_gb"] - ref["peak_reserved_gb"],
-               "error_device": est["total_gib"] / ref["device_used_gb"] - 1, "source": str(path)}
+               "error_device": est["total_gib"] / ref["device_used_gb"] - 1, "source": ref["source"]}
+        if "peak_reserved_gb" in ref:
+            row["alloc_plus_context_gib"] = ref["peak_alloc_gb"] + ref["device_used_gb"] - ref["peak_reserved_gb"]
         results.append(row)
         print(_line(row))
     return results
@@ -233,7 +253,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--loop", choices=["standard", "trainer"], default="standard")
     p.add_argument("--models", help="folder for the random-weight models (kept between runs)")
-    p.add_argument("--calibration", type=Path, default=REFERENCE)
+    p.add_argument("--calibration", type=Path, default=CALIBRATION, help="folder of reference measurements")
     p.add_argument("--out", type=Path, help="JSONL results (default <workspace>/benchmarks/vram_accuracy.jsonl)")
     p.add_argument("--run-case", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -252,10 +272,10 @@ def main() -> int:
     else:
         print(f"no CUDA device here: nothing to measure. Comparing the estimate with the reference "
               f"measurements in {args.calibration} instead.\n")
-        if not args.calibration.is_file():
-            print(f"{args.calibration} not found; nothing to compare")
-            return 0
         results = compare_reference(args.calibration)
+        if not results:
+            print(f"no reference measurements in {args.calibration}; nothing to compare")
+            return 0
     summary(results)
     if args.out is None:
         from core.workspace import home

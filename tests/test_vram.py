@@ -443,33 +443,12 @@ def test_cli_bad_input_exits_2_with_a_reason(cli, tmp_path):
 
 # ---- the reference measurements (a regression guard: the estimate is derived, not fitted) -------------
 
-def calibration_cases():
-    if not CALIBRATION.exists():
-        return []
-    out = []
-    for line in CALIBRATION.read_text().splitlines():
-        row = json.loads(line)
-        method, dtype = (row["method"], "bf16") if row["method"] in ("lora", "qlora") else ("full", row["method"][5:])
-        rank = row["lora_r"] or 16
-        config = RunConfig.from_dict({
-            "model": CALIBRATION_MODELS[row["model"]], "method": method,
-            "lora": {"rank": rank, "alpha": 2 * rank, "dropout": 0.0},
-            "data": {"max_seq_len": row["seq"]},
-            "train": {"batch_size": row["batch"], "gradient_checkpointing": row["grad_ckpt"], "dtype": dtype,
-                      "optimizer": row["optim"], "padding_free": False, "fused_loss": False}})
-        out.append((row, config))
-    return out
-
-
 @pytest.mark.skipif(not CALIBRATION.exists(), reason="reference measurements not present")
 def test_estimate_stays_close_to_the_h100_reference_runs():
-    errors = []
-    for row, config in calibration_cases():
-        est = vram.estimate(config)
-        err = est.total_gib / row["device_used_gb"] - 1
-        errors.append(abs(err))
-        print(f"{row['model']:13} {row['method']:9} b{row['batch']} s{row['seq']:<5} ckpt={row['grad_ckpt']!s:5} "
-              f"estimate {est.total_gib:6.2f} GiB  measured {row['device_used_gb']:6.2f} GiB  {100 * err:+5.1f}%")
-    print(f"median {100 * statistics.median(errors):.1f}%  max {100 * max(errors):.1f}%")
+    from benchmarks.vram_accuracy import compare_reference
+
+    results = compare_reference(CALIBRATION.parent)
+    assert len(results) >= 15
+    errors = [abs(r["error_device"]) for r in results]
     assert statistics.median(errors) <= 0.08
     assert max(errors) <= 0.15
