@@ -225,6 +225,10 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         if existed:
             run_dir.write_status(state="failed", error=str(e), finished_at=time.time())
         raise
+    except Exception as e:
+        if is_out_of_memory(e):         # QLoRA places the base on the GPU while it loads
+            raise out_of_memory_failure(cfg, run_dir if existed else None) from None
+        raise
     except KeyboardInterrupt:
         if existed:
             run_dir.write_status(state="stopped", error=None, finished_at=time.time())
@@ -247,13 +251,14 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
                          processes=distributed.world_size(), strategy=distributed.strategy(cfg, device_kind()),
                          estimate_gib=(estimate or {}).get("total_gib"))
     collator = FlattenCollator() if flattened(cfg) else PadCollator(tokenizer.pad_token_id)
-    trainer = WorkbenchTrainer(model=model, args=training_arguments(cfg, run_dir, precision, bool(data.eval)),
-                               train_dataset=data.train, eval_dataset=data.eval or None, data_collator=collator,
-                               processing_class=tokenizer, callbacks=[ProgressCallback(run_dir, stop)],
-                               length_grouped=not flattened(cfg) and cfg.train.batch_size > 1)
-    trainer.remove_callback(PrinterCallback)
     started = time.time()
     try:
+        # The Trainer moves the model to the GPU: an out-of-memory can already happen here.
+        trainer = WorkbenchTrainer(model=model, args=training_arguments(cfg, run_dir, precision, bool(data.eval)),
+                                   train_dataset=data.train, eval_dataset=data.eval or None, data_collator=collator,
+                                   processing_class=tokenizer, callbacks=[ProgressCallback(run_dir, stop)],
+                                   length_grouped=not flattened(cfg) and cfg.train.batch_size > 1)
+        trainer.remove_callback(PrinterCallback)
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         if stop.requested:
             run_dir.write_status(state="stopped", step=trainer.state.global_step, finished_at=time.time(), eta_s=None,
@@ -265,12 +270,9 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         if distributed.is_main():
             save_result(cfg, run_dir, trainer, tokenizer, resolved, result, final_eval, data, started, estimate,
                         state_dict)
-    except torch.OutOfMemoryError:
-        msg = out_of_memory_message(cfg)
-        run_dir.write_status(state="failed", error=msg, finished_at=time.time(), **peak_memory_gib())
-        log.error(msg)
-        raise RunFailed(msg) from None
     except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory_failure(cfg, run_dir) from None
         msg = failure_message(e, run_dir)
         run_dir.write_status(state="failed", error=msg, finished_at=time.time())
         log.exception("training failed")
@@ -351,6 +353,21 @@ def estimate_or_none(cfg) -> dict | None:
     except Exception as e:  # an architecture the estimator does not know must not fail a finished run
         log.info("no memory estimate for %s: %s", cfg.model, e)
         return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's own error, or the text of one raised from a CUDA kernel outside torch (bitsandbytes)."""
+    return isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in str(e) \
+        or "CUDA error: out of memory" in str(e)
+
+
+def out_of_memory_failure(cfg, run_dir: RunDir | None) -> RunFailed:
+    """The run's status says what to change; the error to raise carries the same words."""
+    msg = out_of_memory_message(cfg)
+    if run_dir is not None:
+        run_dir.write_status(state="failed", error=msg, finished_at=time.time(), **peak_memory_gib())
+    log.error(msg)
+    return RunFailed(msg)
 
 
 def out_of_memory_message(cfg) -> str:

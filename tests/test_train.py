@@ -186,6 +186,27 @@ def test_existing_run_is_never_overwritten(tiny_model, tmp_path, workspace):
         run(config(tiny_model, tmp_path / "r", train={"max_steps": 1}))
 
 
+@pytest.mark.parametrize("where,error", [
+    ("core.train.build_model", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")),
+    ("core.trainer.WorkbenchTrainer.train", RuntimeError("CUDA error: out of memory")),
+], ids=["while-loading", "raised-by-a-kernel"])
+def test_an_out_of_memory_anywhere_fails_the_run_with_advice(tiny_model, tmp_path, workspace, monkeypatch,
+                                                            where, error):
+    """A real CUDA out-of-memory needs a GPU (tests/test_gpu.py); here it is raised where it can occur."""
+    from core.train import RunFailed
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(where, out_of_memory)
+    out = tmp_path / "r"
+    out.mkdir()                                     # a queued run's folder exists before the worker starts
+    with pytest.raises(RunFailed, match="out of memory: lower the batch size"):
+        run(config(tiny_model, out))
+    status = RunDir(out).read_status()
+    assert status["state"] == "failed" and status["error"].startswith("out of memory")
+    assert not (out / "adapter").exists()
+
+
 def test_out_of_memory_names_changes_that_fit_the_gpu_it_ran_on(monkeypatch):
     from core import train, vram
 

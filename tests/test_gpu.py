@@ -1,0 +1,92 @@
+"""The CUDA paths of the trainer: bf16, 4-bit QLoRA, the fused loss on the GPU, the device peak
+recorded beside the estimate, and a CUDA out-of-memory that fails the run cleanly. Skipped where no
+GPU is present (CI); benchmarks/gpu_session.sh runs them on a GPU machine."""
+import gc
+import json
+
+import pytest
+import torch
+
+from conftest import ROOT
+from core import fused_loss
+from core.batching import FlattenCollator
+from core.config import RunConfig
+from core.train import RunFailed, run
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DATA = ROOT / "presets" / "data"
+
+
+def config(tiny_model, out, **sections) -> RunConfig:
+    base = {"model": str(tiny_model), "datasets": [str(DATA / "identity.jsonl"), str(DATA / "general.json")],
+            "output_dir": str(out), "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3}}
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value) if isinstance(value, dict) else base.__setitem__(key, value)
+    return RunConfig.from_dict(base)
+
+
+def test_a_gpu_run_trains_in_bf16_and_records_the_device_peak_beside_the_estimate(tiny_model, tmp_path, workspace):
+    run_dir = run(config(tiny_model, tmp_path / "r"))
+    status = run_dir.read_status()
+    assert status["state"] == "completed" and status["device"] == "cuda"
+    assert "bf16" in status["precision"] and status["mem_device"] == torch.cuda.get_device_name()
+    memory = json.loads((run_dir.adapter / "workbench.json").read_text())["memory"]
+    assert 0 < memory["peak_alloc_gib"] < memory["peak_mem_gib"]        # the CUDA context is counted
+    assert memory["estimate"]["parts"]["cuda_context"] > 0
+
+
+def test_qlora_on_the_gpu_holds_the_base_in_4_bits(tiny_model, tmp_path, workspace):
+    import bitsandbytes as bnb
+
+    from core import models
+    from core.train import build_model, choose_precision
+
+    cfg = config(tiny_model, tmp_path / "q", method="qlora")
+    model = build_model(cfg, models.ResolvedModel(str(tiny_model), "local", str(tiny_model)), choose_precision(cfg))
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and all(m.weight.dtype == torch.uint8 and m.weight.is_cuda for m in four_bit)
+    run_dir = run(cfg)
+    assert run_dir.read_status()["state"] == "completed"
+    assert (run_dir.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_fused_loss_on_the_gpu_gives_the_standard_loss_under_bf16_autocast(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    def loss_and_grads(model, batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": ids, "labels": ids} for ids in
+            (torch.randint(3, 400, (n,), generator=gen).tolist() for n in (7, 19, 4, 13, 25, 9))]
+    batch = {k: v.cuda() for k, v in FlattenCollator()(rows).items()}
+    standard = loss_and_grads(AutoModelForCausalLM.from_pretrained(tiny_model).cuda().train(), batch)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).cuda().train()
+    assert fused_loss.enable(model) is not None
+    fused = loss_and_grads(model, batch)
+    assert torch.allclose(standard[0], fused[0], atol=2e-2, rtol=2e-2)
+    for name, grad in standard[1].items():
+        assert torch.allclose(grad, fused[1][name], atol=2e-2, rtol=2e-2), name
+
+
+def test_a_cuda_out_of_memory_fails_the_run_cleanly_and_says_what_to_change(tiny_model, tmp_path, workspace):
+    gc.collect()
+    torch.cuda.empty_cache()                   # blocks cached by earlier tests would count against the cap
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(16 * 2 ** 20 / total)     # 16 MiB: the logits of a step do not fit
+    try:
+        cfg = config(tiny_model, tmp_path / "oom", data={"max_seq_len": 1024},
+                     train={"batch_size": 64, "padding_free": False, "fused_loss": False})
+        with pytest.raises(RunFailed, match="out of memory") as failed:
+            run(cfg)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    status = (tmp_path / "oom" / "status.json")
+    assert json.loads(status.read_text())["state"] == "failed"
+    assert "Changes that fit" in str(failed.value) or "gradient checkpointing" in str(failed.value)
+    assert not (tmp_path / "oom" / "adapter").exists()
