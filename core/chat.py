@@ -12,6 +12,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from core import models
+from core.hardware import cuda_has_bf16
 from core.encode import ensure_chat_template
 from core.errors import ModelError
 from core.workspace import read_json
@@ -51,7 +52,7 @@ def adapter_base(adapter_dir: str | Path) -> str:
 
 def chat_dtype() -> torch.dtype:
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_bf16() else torch.float16
     return torch.float32
 
 

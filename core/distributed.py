@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 
 from core.config import RunConfig
+from core.errors import ConfigError
+
+EIGHT_BIT_OPTIMIZERS = ("adamw8bit", "paged_adamw8bit")
 
 
 def rank() -> int:
@@ -31,6 +34,23 @@ def strategy(cfg: RunConfig, device: str) -> str:
 
     chosen = strategy_for(cfg.method, world_size())
     return "ddp" if chosen == "fsdp" and device != "cuda" else chosen
+
+
+def check_optimizer(cfg: RunConfig, chosen: str) -> None:
+    """bitsandbytes' 8-bit optimizers step plain tensors; FSDP's sharded parameters are DTensors, and
+    the first optimizer step would fail on them."""
+    if chosen == "fsdp" and cfg.train.optimizer in EIGHT_BIT_OPTIMIZERS:
+        raise ConfigError(f"{cfg.train.optimizer} does not work with FSDP, which {cfg.method} tuning on several "
+                          f"GPUs uses: choose adamw, or LoRA/QLoRA", field="train.optimizer")
+
+
+def bind_device() -> None:
+    """Put this rank on its own GPU before anything touches CUDA; otherwise every rank opens a
+    context on GPU 0 (accelerate binds the device only later, when the Trainer is made)."""
+    import torch
+
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
 
 def trainer_options(cfg: RunConfig, device: str) -> dict:

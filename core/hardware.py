@@ -41,6 +41,12 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in cpu_flags(cpuinfo) for flag in FAST_BF16_FLAGS)
 
 
+def cuda_has_bf16() -> bool:
+    """Native bf16 only (Ampere and later): torch's default also counts the slow emulation that
+    T4 and V100 cards offer."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def liger_available() -> bool:
     """Liger's Triton kernels: importable, and a CUDA device to run them on."""
     return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None

@@ -19,13 +19,16 @@ GIB = 1024 ** 3
 
 
 def peak_memory_gib() -> dict:
-    """Peak memory so far: CUDA allocator peak plus the CUDA context, or the process's peak RSS."""
+    """Peak memory so far, or the process's peak RSS on the CPU. On a GPU: the allocator's reserved
+    peak plus the CUDA context, what the device showed in use, the quantity the estimate gives
+    (core.vram counts the allocator's slack); the allocated peak beside it. The context is what the
+    device holds beyond our reserved memory: on a GPU shared with other processes it includes theirs."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak = torch.cuda.max_memory_allocated()
+        peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
         free, total = torch.cuda.mem_get_info()
         context = max(0, (total - free) - torch.cuda.memory_reserved())
-        return {"peak_mem_gib": round((peak + context) / GIB, 3), "peak_alloc_gib": round(peak / GIB, 3),
-                "mem_device": torch.cuda.get_device_name()}
+        return {"peak_mem_gib": round((reserved + context) / GIB, 3), "peak_alloc_gib": round(peak / GIB, 3),
+                "peak_reserved_gib": round(reserved / GIB, 3), "mem_device": torch.cuda.get_device_name()}
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_mem_gib": round(rss_kib * 1024 / GIB, 3), "mem_device": "cpu (peak RSS)"}
 

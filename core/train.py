@@ -23,7 +23,7 @@ from core.batching import FlattenCollator, PadCollator
 from core.config import RunConfig
 from core.encode import ensure_chat_template
 from core.errors import ConfigError, WorkbenchError
-from core.hardware import cpu_has_fast_bf16, device_kind
+from core.hardware import cpu_has_fast_bf16, cuda_has_bf16, device_kind
 from core.progress import ProgressCallback, StopRequest, peak_memory_gib, setup_logging
 from core.runfiles import RunDir, run_dir_for
 from core.workspace import atomic_write_json
@@ -67,7 +67,7 @@ def choose_precision(cfg: RunConfig, device: str | None = None, *, cpu_bf16: boo
         if dtype == "auto" and (cpu_has_fast_bf16() if cpu_bf16 is None else cpu_bf16):
             return Precision(bf16 if cfg.is_adapter_method() else f32, "bf16", bf16)
         return Precision(f32, "bf16", bf16) if dtype == "bf16" else Precision(f32, None, f32)
-    has_bf16 = torch.cuda.is_bf16_supported()
+    has_bf16 = cuda_has_bf16()
     half_name = "bf16" if has_bf16 else "fp16"
     if method in ("full", "freeze"):
         if dtype == "bf16":
@@ -208,11 +208,13 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
 
     stop = StopRequest()
     stop.install()
+    distributed.bind_device()
     run_dir = run_dir_for(cfg.output_dir, cfg.name or Path(cfg.model).name)
     existed = run_dir.root.exists()
     setup_logging(run_dir if existed else None)
     try:
         ckpt = prepare_run_dir(cfg, run_dir, resume)
+        distributed.check_optimizer(cfg, distributed.strategy(cfg, device_kind()))
         resolved = models.resolve(cfg.model)
         tokenizer = models.load_tokenizer(resolved, cfg.trust_remote_code)
         ensure_chat_template(tokenizer)
@@ -260,7 +262,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
                                    length_grouped=not flattened(cfg) and cfg.train.batch_size > 1)
         trainer.remove_callback(PrinterCallback)
         result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        if stop.requested:
+        if distributed.any_rank(stop.requested):   # every rank must take the same branch (collectives follow)
             run_dir.write_status(state="stopped", step=trainer.state.global_step, finished_at=time.time(), eta_s=None,
                                  checkpoint=str(run_dir.newest_checkpoint() or ""))
             log.info("stopped at step %d; resume with --resume", trainer.state.global_step)

@@ -530,7 +530,7 @@ def suggestions(cfg: RunConfig, gpu_gib: float, gpus: int = 1, arch: Arch | None
     if estimate(cfg, gpus=gpus, arch=arch).total_gib <= gpu_gib:
         return []
     fits = lambda c: estimate(c, gpus=gpus, arch=arch).total_gib <= gpu_gib
-    changes = _changes(cfg, arch)
+    changes = _changes(cfg, arch, gpus)
     singles = []
     for rank, change in enumerate(changes):
         picked = change(cfg, fits)
@@ -578,16 +578,18 @@ def _suggest(cfg: RunConfig, description: str, overrides: list[str], gpus: int, 
     return Suggestion(description, overrides, estimate(cfg.with_overrides(overrides), gpus=gpus, arch=arch))
 
 
-def _changes(cfg: RunConfig, arch: Arch) -> list:
+def _changes(cfg: RunConfig, arch: Arch, gpus: int) -> list:
     """Each change looks at a config and returns (description, overrides), or None when it does
-    not apply. Searching changes take the mildest value that fits (else the strongest)."""
+    not apply. Searching changes take the mildest value that fits (else the strongest). 8-bit
+    optimizers are not offered where the run would use FSDP (core.distributed.check_optimizer)."""
     def fixed(applies, description, overrides):
         return lambda c, fits: (description, overrides) if applies(c) else None
 
     return [
         fixed(lambda c: not c.train.fused_loss and fused_loss_applies(arch, replace(setup_for(c), fused_loss=True)),
               "compute the loss in chunks (fused loss): the full logits are never held", ["train.fused_loss=true"]),
-        fixed(lambda c: c.train.optimizer == "adamw", "8-bit AdamW: optimizer states in 8 bits",
+        fixed(lambda c: c.train.optimizer == "adamw" and strategy_for(c.method, gpus) != "fsdp",
+              "8-bit AdamW: optimizer states in 8 bits",
               ["train.optimizer=adamw8bit"]),
         fixed(lambda c: not c.train.gradient_checkpointing,
               "gradient checkpointing: recompute activations in the backward pass (about 30% slower)",

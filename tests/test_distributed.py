@@ -79,6 +79,15 @@ def test_gpus_this_machine_lacks_are_refused_where_the_run_starts():
     assert devices.place("0,3", 0, strict=False).procs == 2
 
 
+def test_8_bit_optimizers_are_refused_under_fsdp_before_anything_starts():
+    for method, gpus in (("full", "0,1"), ("freeze", "all")):
+        with pytest.raises(ConfigError, match="does not work with FSDP") as e:
+            launch.command(config(method=method, gpus=gpus, train={"optimizer": "adamw8bit"}), "c.yaml", cuda_count=2)
+        assert e.value.field == "train.optimizer"
+    for method, gpus in (("lora", "0,1"), ("full", "cpu:2"), ("full", "0")):   # DDP, DDP on CPU, one GPU
+        launch.command(config(method=method, gpus=gpus, train={"optimizer": "adamw8bit"}), "c.yaml", cuda_count=2)
+
+
 @pytest.mark.parametrize("spec, problem", [("0,0", "twice"), ("cpu:0", "1 to"), ("gpu", "auto, all"),
                                            ("1-3", "auto, all")])
 def test_bad_device_choices_name_the_field(spec, problem):

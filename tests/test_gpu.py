@@ -26,13 +26,14 @@ def config(tiny_model, out, **sections) -> RunConfig:
     return RunConfig.from_dict(base)
 
 
-def test_a_gpu_run_trains_in_bf16_and_records_the_device_peak_beside_the_estimate(tiny_model, tmp_path, workspace):
+def test_a_gpu_run_trains_in_half_precision_and_records_the_device_peak_beside_the_estimate(tiny_model, tmp_path, workspace):
     run_dir = run(config(tiny_model, tmp_path / "r"))
     status = run_dir.read_status()
     assert status["state"] == "completed" and status["device"] == "cuda"
-    assert "bf16" in status["precision"] and status["mem_device"] == torch.cuda.get_device_name()
+    half = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"     # never emulated bf16
+    assert half in status["precision"] and status["mem_device"] == torch.cuda.get_device_name()
     memory = json.loads((run_dir.adapter / "workbench.json").read_text())["memory"]
-    assert 0 < memory["peak_alloc_gib"] < memory["peak_mem_gib"]        # the CUDA context is counted
+    assert 0 < memory["peak_alloc_gib"] <= memory["peak_reserved_gib"] < memory["peak_mem_gib"]   # + context
     assert memory["estimate"]["parts"]["cuda_context"] > 0
 
 

@@ -319,6 +319,15 @@ def test_suggestions_make_it_fit_and_keep_the_effective_batch():
             assert all("=" in o and o.split("=")[0] for o in a.overrides) and a.description
 
 
+def test_8_bit_optimizers_are_not_suggested_where_the_run_uses_fsdp():
+    arch = load_arch("Llama-3.2-3B")
+    full = cfg(model="Llama-3.2-3B", method="full", data={"max_seq_len": 2048}, train={"batch_size": 4})
+    optimizers = lambda advice: {o for a in advice for o in a.overrides if o.startswith("train.optimizer")}
+    assert optimizers(vram.suggestions(full, 90, gpus=1, arch=arch)) == {"train.optimizer=adamw8bit"}
+    on_two = vram.suggestions(full, 80, gpus=2, arch=arch)       # full on 2 GPUs runs under FSDP
+    assert on_two and optimizers(on_two) == set()
+
+
 def test_suggestions_are_empty_when_it_fits_or_nothing_can_help():
     arch = load_arch("SmolLM2-135M")
     assert vram.suggestions(cfg(), 80, arch=arch) == []
