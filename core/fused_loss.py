@@ -13,6 +13,7 @@ normalises it exactly as the stock loss does.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import types
 
@@ -111,7 +112,10 @@ def _liger_sum(h, weight, bias, t) -> torch.Tensor:
 
     if h.shape[0] == 0:
         return h.sum().float()
-    out = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE)(weight, h, t, bias)
+    options = {"ignore_index": IGNORE}
+    if weight.requires_grad and "accum_dtype" in inspect.signature(LigerFusedLinearCrossEntropyLoss).parameters:
+        options["accum_dtype"] = torch.float32      # sum a trained head's gradient over chunks in fp32, not bf16
+    out = LigerFusedLinearCrossEntropyLoss(**options)(weight, h, t, bias)
     if isinstance(out, tuple):              # versions that can also return a z-loss
         out = out[0]
     return getattr(out, "loss", out).float() * h.shape[0]
