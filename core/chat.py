@@ -50,6 +50,16 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return base
 
 
+def content_text(content) -> str:
+    """A message's text: a string, or a list of content parts ({"type": "text", "text": ...}, the
+    form chat UIs send back), whose text parts are joined. Text-only chat templates need a string."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else [content]
+    return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts
+                   if not isinstance(p, dict) or p.get("type", "text") == "text")
+
+
 def chat_dtype() -> torch.dtype:
     if torch.cuda.is_available():
         return torch.bfloat16 if cuda_has_bf16() else torch.float16
@@ -111,6 +121,7 @@ class ChatEngine:
             raise ModelError(f"adapter '{name}' is not loaded", field="adapter")
 
     def _inputs(self, messages: list[dict]) -> dict:
+        messages = [{**m, "content": content_text(m["content"])} for m in messages]
         enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
         return {k: v.to(self.device) for k, v in enc.items()}

@@ -75,3 +75,12 @@ def test_service_keeps_the_base_loaded_and_loads_each_adapter_once(tiny_model, a
     list(service.stream(str(tiny_model), adapters[1], ASK, GREEDY))
     list(service.stream(str(tiny_model), adapters[0], ASK, GREEDY))
     assert service.engine is engine and len(engine.adapters) == 2
+
+
+def test_a_conversation_sent_back_as_content_parts_gets_the_same_answer(tiny_model):
+    """Chat UIs hand earlier turns back as lists of parts; text-only chat templates need strings."""
+    engine = ChatEngine(str(tiny_model))
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Who are you?"}]
+    parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in turns]
+    assert engine.reply(parts, GREEDY) == engine.reply(turns, GREEDY)

@@ -104,8 +104,11 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
                     stats[i] = t("chat.stats", lang, ttft=update["ttft_s"], rate=update["tokens_per_s"],
                                  n=update["tokens"])
                     yield _out(histories, hist_b, two, stats, "")
-        except WorkbenchError as e:
-            yield _out(histories, hist_b, two, stats, t("error", lang, error=str(e)))
+        except WorkbenchError as e:       # drop the unanswered turn; the question stays in the box to retry
+            for history in histories:
+                if not history[-1]["content"]:
+                    del history[-2:]
+            yield (*_out(histories, hist_b, two, stats, t("error", lang, error=str(e)))[:-1], text)
             return
         yield _out(histories, hist_b, two, stats, "")
 
