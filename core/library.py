@@ -202,7 +202,8 @@ def _row(ref) -> dict:
         rows = db.query("SELECT * FROM adapters WHERE path = ?", (str(candidate),))
         if rows:
             return rows[0]
-    raise ModelError(f"no adapter '{text}' in the library (give its name, id or folder)", field="adapter")
+    raise ModelError(f"no adapter '{text}' in the library: it may have been deleted; give the name, id or "
+                     f"folder of one that is there", field="adapter")
 
 
 def adapter_dir(ref: str | os.PathLike) -> Path:

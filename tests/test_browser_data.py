@@ -2,7 +2,7 @@
 length histogram, save to the library and use in the Train form."""
 import pytest
 
-from browser import browser, open_tab, serve, shot
+from browser import browser, open_tab, pick, serve, shot
 from conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -52,3 +52,26 @@ def test_save_to_library_and_use_in_train(page):
     page.get_by_role("option", name="alpaca-demo").click()
     page.locator("#data-use").click()
     page.wait_for_function("() => document.querySelector('#datasets').innerText.includes('alpaca-demo')")
+
+
+def test_rename_then_delete_asks_first_and_leaves_the_others(page):
+    open_tab(page, "Data")
+    page.locator("#data-name textarea, #data-name input").first.fill("second")
+    page.locator("#data-save").click()
+    page.wait_for_selector("#data-message >> text=second")
+    pick(page, "data-pick", "alpaca-demo")
+    page.locator("#data-new-name textarea, #data-new-name input").first.fill("renamed")
+    page.locator("#data-rename").click()
+    page.wait_for_selector("#data-message >> text=Renamed")
+    assert page.locator("#data-pick input").first.input_value() == "renamed"
+    page.locator("#data-delete").click()
+    page.wait_for_selector("#data-message >> text=Tick the confirmation box first")
+    page.locator("#data-confirm input").check()
+    page.locator("#data-delete").click()
+    page.wait_for_selector("#data-message >> text=Deleted")
+    assert page.locator("#data-pick input").first.input_value() == ""
+    assert not page.locator("#data-confirm input").is_checked()
+    page.locator("#data-delete").click()
+    page.wait_for_selector("#data-message >> text=Pick a saved dataset first")
+    table = page.locator("#data-library").inner_text()
+    assert "second" in table and "renamed" not in table

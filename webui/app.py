@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core import jobs
+from core import jobs, library
+from core.errors import WorkbenchError
 from core.workspace import home
-from core import library
 from webui import chat_tab, data_tab, library_tab, runs_tab, train_tab
 from webui.i18n import LANGS, Translator, t
 
@@ -27,7 +27,7 @@ def build(lang: str = "en") -> gr.Blocks:
             language = gr.Radio(list(LANGS), value=next(k for k, v in LANGS.items() if v == lang),
                                 label=t("language", lang), elem_id="language", scale=0, min_width=220)
         with gr.Tabs(selected="train") as tabs:
-            with tr.add(gr.Tab(t("tab.data", lang), id="data", elem_id="tab-data"), "tab.data"):
+            with tr.add(gr.Tab(t("tab.data", lang), id="data", elem_id="tab-data"), "tab.data") as data_page:
                 data_pick, data_use, data_lib = data_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.train", lang), id="train", elem_id="tab-train"), "tab.train") as train_page:
                 train = train_tab.build(tr, lang_state, lang)
@@ -39,13 +39,18 @@ def build(lang: str = "en") -> gr.Blocks:
                 chat_base, chat_adapter = chat_tab.build(tr, lang_state, lang)
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
         lib.select(refresh_listing, [base_filter, lib_pick, lang_state], listing)
+        data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
         chat.select(lambda lang, current: gr.update(choices=chat_tab.adapter_choices(lang)),
                     [lang_state, chat_adapter], chat_adapter)
 
         def open_in_chat(ref, lang):
             if not ref:
                 return gr.skip(), gr.skip(), gr.skip()
-            info = library.get(ref)
+            try:
+                info = library.get(ref)
+            except WorkbenchError as e:          # deleted since the list was shown
+                gr.Warning(t("error", lang, error=str(e)))
+                return gr.skip(), gr.skip(), gr.skip()
             return (gr.Tabs(selected="chat"), gr.update(choices=chat_tab.adapter_choices(lang), value=info.id),
                     info.base_model)
 

@@ -44,6 +44,18 @@ def library_table(lang: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=t("data.lib_cols", lang).split("|"))
 
 
+KEEP = object()
+
+
+def listing(lang: str, pick=KEEP) -> tuple:
+    """The saved datasets' table and picker; `pick` sets the picker (None: nothing picked), and a
+    pick no longer saved is dropped."""
+    names = [d.name for d in dl.list_datasets()]
+    if pick is KEEP:
+        return library_table(lang), gr.update(choices=names)
+    return library_table(lang), gr.update(choices=names, value=pick if pick in names else None)
+
+
 def histogram(stats, lang: str) -> go.Figure:
     fig = go.Figure(go.Histogram(x=stats.lengths, nbinsx=40, marker={"color": "rgb(99,110,250)"},
                                  name=t("data.tokens", lang)))
@@ -103,11 +115,15 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     with tr.add(gr.Accordion(t("data.library", lang), open=True), "data.library"):
         lib = gr.Dataframe(value=library_table(lang), interactive=False, elem_id="data-library", show_label=False)
         with gr.Row():
-            lib_pick = tr.add(gr.Dropdown(choices=[d.name for d in dl.list_datasets()], label=t("data.pick", lang),
-                                          scale=2, elem_id="data-pick"), "data.pick")
-            new_name = tr.add(gr.Textbox(label=t("data.new_name", lang), max_lines=1, scale=2), "data.new_name")
-            rename = tr.add(gr.Button(t("data.rename", lang), scale=1), "data.rename", "value")
-            delete = tr.add(gr.Button(t("data.delete", lang), variant="stop", scale=1), "data.delete", "value")
+            lib_pick = tr.add(gr.Dropdown(choices=[d.name for d in dl.list_datasets()], value=None,
+                                          label=t("data.pick", lang), scale=2, elem_id="data-pick"), "data.pick")
+            new_name = tr.add(gr.Textbox(label=t("data.new_name", lang), max_lines=1, scale=2,
+                                         elem_id="data-new-name"), "data.new_name")
+            rename = tr.add(gr.Button(t("data.rename", lang), scale=1, elem_id="data-rename"), "data.rename", "value")
+            confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1, elem_id="data-confirm"),
+                             "lib.confirm")
+            delete = tr.add(gr.Button(t("data.delete", lang), variant="stop", scale=1, elem_id="data-delete"),
+                            "data.delete", "value")
             use = tr.add(gr.Button(t("data.use", lang), scale=1, elem_id="data-use"), "data.use", "value")
 
     def check(files, fmt_value, model_name, n_max, on, n, lang, *slot_values):
@@ -140,30 +156,32 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
                                    columns=mapping_from(fmt_value, list(slot_values)), tokenizer=tok)
         except WorkbenchError as e:
             return t("error", lang, error=str(e)), gr.skip(), gr.skip()
-        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), library_table(lang),
-                gr.update(choices=[d.name for d in dl.list_datasets()], value=info.name))
+        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
     save.click(do_save, [upload, name, fmt, model, lang_state, *slots], [message, lib, lib_pick])
 
-    def lib_action(fn):
-        def handler(pick, text, lang):
-            try:
-                msg = fn(pick, text, lang)
-            except WorkbenchError as e:
-                msg = t("error", lang, error=str(e))
-            return msg, library_table(lang), gr.update(choices=[d.name for d in dl.list_datasets()])
-        return handler
-
     def do_rename(pick, text, lang):
-        return t("data.renamed", lang, name=dl.rename_dataset(pick, text).name)
+        if not pick:
+            return (t("data.pick_first", lang), *listing(lang))
+        try:
+            info = dl.rename_dataset(pick, text)
+        except WorkbenchError as e:
+            return (t("error", lang, error=str(e)), *listing(lang))
+        return (t("data.renamed", lang, name=info.name), *listing(lang, info.name))
 
-    def do_delete(pick, text, lang):
-        dl.delete_dataset(pick)
-        return t("data.deleted", lang, name=pick)
+    def do_delete(pick, sure, lang):
+        """The box is cleared and nothing is picked afterwards: a second click deletes nothing else."""
+        if not pick or not sure:
+            return (t("lib.confirm_first" if pick else "data.pick_first", lang), *listing(lang), gr.skip())
+        try:
+            dl.delete_dataset(pick)
+        except WorkbenchError as e:
+            return (t("error", lang, error=str(e)), *listing(lang), False)
+        return (t("data.deleted", lang, name=pick), *listing(lang, None), False)
 
     lib_outputs = [message, lib, lib_pick]
-    rename.click(lib_action(do_rename), [lib_pick, new_name, lang_state], lib_outputs)
-    delete.click(lib_action(do_delete), [lib_pick, new_name, lang_state], lib_outputs)
+    rename.click(do_rename, [lib_pick, new_name, lang_state], lib_outputs)
+    delete.click(do_delete, [lib_pick, confirm, lang_state], lib_outputs + [confirm])
 
     def do_hub(repo, subset, split, lang):
         try:
@@ -171,8 +189,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
                                          split.strip() or "train")
         except WorkbenchError as e:
             return t("error", lang, error=str(e)), gr.skip(), gr.skip()
-        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), library_table(lang),
-                gr.update(choices=[d.name for d in dl.list_datasets()]))
+        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
     hub_go.click(do_hub, [hub_id, hub_subset, hub_split, lang_state], lib_outputs)
 
@@ -183,7 +200,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
             return t("error", lang, error=str(e)), gr.skip(), gr.skip()
         lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {r.error['message']}"
                  for r in results]
-        return "\n".join(lines), library_table(lang), gr.update(choices=[d.name for d in dl.list_datasets()])
+        return ("\n".join(lines), *listing(lang))
 
     lf_go.click(do_lf, [lf_folder, lang_state], lib_outputs)
     return lib_pick, use, lib

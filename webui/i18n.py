@@ -183,6 +183,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "data.library": ("Saved datasets", "已保存的数据集"),
     "data.lib_cols": ("name|format|rows|tokens|created|files", "名称|格式|行数|token 数|创建时间|文件"),
     "data.pick": ("Dataset", "数据集"),
+    "data.pick_first": ("Pick a saved dataset first.", "请先选择一个已保存的数据集。"),
     "data.new_name": ("New name", "新名称"),
     "data.rename": ("Rename", "重命名"),
     "data.delete": ("Delete", "删除"),

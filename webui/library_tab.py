@@ -70,20 +70,25 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         with gr.Column(scale=2):
             memory = gr.Markdown(elem_id="lib-memory")
             config = tr.add(gr.Code(language="json", label=t("lib.config", lang), max_lines=18), "lib.config")
-    with tr.add(gr.Accordion(t("lib.manage", lang), open=False), "lib.manage"):
+    with tr.add(gr.Accordion(t("lib.manage", lang), open=False, elem_id="lib-manage"), "lib.manage"):
         with gr.Row():
-            new_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=3), "lib.new_name")
+            new_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=3, elem_id="lib-new-name"),
+                              "lib.new_name")
             rename_btn = tr.add(gr.Button(t("lib.rename", lang), scale=1), "lib.rename", "value")
-            confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1), "lib.confirm")
-            delete_btn = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1), "lib.delete", "value")
-    with tr.add(gr.Accordion(t("lib.import", lang), open=False), "lib.import"):
+            confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1, elem_id="lib-confirm"), "lib.confirm")
+            delete_btn = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1, elem_id="lib-delete"),
+                                "lib.delete", "value")
+    with tr.add(gr.Accordion(t("lib.import", lang), open=False, elem_id="lib-import"), "lib.import"):
         with gr.Row():
             upload = tr.add(gr.File(label=t("lib.import_zip", lang), file_types=[".zip"], scale=2), "lib.import_zip")
             with gr.Column(scale=2):
-                folder = tr.add(gr.Textbox(label=t("lib.import_folder", lang), max_lines=1), "lib.import_folder")
+                folder = tr.add(gr.Textbox(label=t("lib.import_folder", lang), max_lines=1, elem_id="lib-import-folder"),
+                                "lib.import_folder")
                 import_base = tr.add(gr.Textbox(label=t("lib.import_base", lang), max_lines=1), "lib.import_base")
-                import_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1), "lib.new_name")
-                import_btn = tr.add(gr.Button(t("lib.import_go", lang)), "lib.import_go", "value")
+                import_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, elem_id="lib-import-name"),
+                                     "lib.new_name")
+                import_btn = tr.add(gr.Button(t("lib.import_go", lang), elem_id="lib-import-go"), "lib.import_go",
+                                    "value")
     with tr.add(gr.Accordion(t("lib.merge", lang), open=False), "lib.merge"):
         with gr.Row():
             merge_name = tr.add(gr.Textbox(label=t("lib.export_name", lang), max_lines=1, scale=2), "lib.export_name")
@@ -104,10 +109,10 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
             mix_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=2), "lib.new_name")
             mix_btn = tr.add(gr.Button(t("lib.mix_go", lang), scale=1), "lib.mix_go", "value")
 
-    def refresh_all(base, selected, lang):
+    def refresh_all(base, selected, lang, first_if_gone=True):
         opts = choices(base)
         ids = [v for _, v in opts]
-        selected = selected if selected in ids else (ids[0] if ids else None)
+        selected = selected if selected in ids else (ids[0] if ids and first_if_gone else None)
         return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
                 gr.update(choices=base_choices(lang)))
 
@@ -145,12 +150,18 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     def do_rename(ref, name, lang):
         return t("lib.renamed", lang, name=library.rename(ref, name).name)
 
-    def do_delete(ref, sure, lang):
-        if not sure:
-            return t("lib.confirm_first", lang)
-        name = library.get(ref).name
-        library.delete(ref)
-        return t("lib.deleted", lang, name=name)
+    def on_delete(ref, sure, base, selected, lang):
+        """Nothing is picked afterwards and the box is cleared: a second click deletes nothing else."""
+        if not ref or not sure:
+            text = t("lib.confirm_first" if ref else "lib.none", lang)
+            return (text,) + refresh_all(base, selected, lang) + (gr.update(),)
+        try:
+            name = library.get(ref).name
+            library.delete(ref)
+            text = t("lib.deleted", lang, name=name)
+        except WorkbenchError as e:
+            text = t("error", lang, error=str(e))
+        return (text,) + refresh_all(base, None, lang, first_if_gone=False) + (False,)
 
     def do_import(file, path, base, name, lang):
         source = file or path.strip()
@@ -166,7 +177,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         return t("lib.mixed", lang, name=info.name)
 
     rename_btn.click(guarded(do_rename), [pick, new_name] + tail, out)
-    delete_btn.click(guarded(do_delete), [pick, confirm] + tail, out)
+    delete_btn.click(on_delete, [pick, confirm] + tail, out + [confirm])
     import_btn.click(guarded(do_import), [upload, folder, import_base, import_name] + tail, out)
     mix_btn.click(guarded(do_mix), [mix_pick, weights, combination, density, mix_name] + tail, out)
     combination.change(lambda c: gr.update(info=COMBINATION_HELP.get(c, "")), combination, combination)
