@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import db, devices, launch, procs
+from core import db, devices, launch, models, procs
 from core.config import RunConfig
 from core.errors import WorkbenchError
 from core.runfiles import FINAL_STATES, RunDir, new_run_id
@@ -89,6 +89,7 @@ def submit(cfg: RunConfig, *, request_key: str | None = None) -> Job:
             if row:
                 return Job.from_row(row)
         cfg = _absolute_paths(RunConfig.from_dict(cfg.to_dict()))
+        models.check_trainable(cfg.model)
         run_id = new_run_id(cfg.name or Path(cfg.model).name)
         run = RunDir(runs_dir() / run_id)
         cfg.output_dir = str(run.root)

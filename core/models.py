@@ -60,6 +60,18 @@ def resolve(name: str, *, field: str = "model") -> ResolvedModel:
                      f"embedded '{EMBEDDED_MODEL}', and not a hub id of the form owner/name", field=field)
 
 
+def check_trainable(name: str, *, field: str = "model") -> None:
+    """What `resolve` would refuse, found before a run is queued and without converting anything;
+    a bare config.json serves the memory estimate but holds no weights to train."""
+    path = Path(os.path.expanduser(name.strip()))
+    if path.suffix.lower() == ".json" and path.is_file():
+        raise ModelError(f"'{name}' is a configuration file: enough for the memory estimate, but training needs "
+                         f"the model's folder with its weights", field=field)
+    if is_embedded(name) or (path.suffix.lower() == ".gguf" and path.is_file()):
+        return
+    resolve(name, field=field)
+
+
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:

@@ -7,9 +7,12 @@ from browser import browser, open_tab, pick, serve, shot
 pytestmark = pytest.mark.browser
 
 
+WORKSPACE = {}
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, embedded_model):
-    workspace = tmp_path_factory.mktemp("ui-train") / "workspace"
+    workspace = WORKSPACE["path"] = tmp_path_factory.mktemp("ui-train") / "workspace"
     with serve(workspace) as (url, _):
         with browser() as b:
             page = b.new_page(viewport={"width": 1400, "height": 1000})
@@ -63,3 +66,45 @@ def test_start_pressed_twice_queues_one_run_that_completes(page, tiny_model):
     page.locator("#run-clone").click()
     page.wait_for_selector("#train-message >> text=The form now holds")
     assert page.locator("#field-name input, #field-name textarea").first.input_value() == "twice"
+
+
+def test_what_the_form_cannot_train_is_refused_in_words(page, tiny_model):
+    """The form as the last test left it: its Training group open."""
+    open_tab(page, "Train")
+    set_field(page, "field-train-batch_size", 2.5)
+    page.locator("#start").click()
+    page.wait_for_selector("#train-message >> text=whole number")
+    assert "train.batch_size" in page.locator("#train-message").inner_text()
+    set_field(page, "field-train-batch_size", 4)
+    page.locator("#field-model input").fill(str(tiny_model / "config.json"))
+    page.locator("#field-model input").press("Enter")
+    page.wait_for_function("() => document.querySelector('#mem-summary').innerText.includes('GiB')")
+    page.locator("#start").click()
+    page.wait_for_selector("#train-message >> text=configuration file")
+    set_field(page, "mem-gpus", 0)
+    page.wait_for_function("() => document.querySelector('#mem-summary').innerText.includes('at least 1')")
+    assert page.locator(".toast-body").count() == 0              # no generic error toast from gradio
+    set_field(page, "mem-gpus", 1)
+
+
+def test_deleting_an_adapter_twice_deletes_nothing_else(page):
+    """After a delete nothing is picked and the box is cleared, so a second click cannot reach the
+    next adapter in the list."""
+    adapter = next((WORKSPACE["path"] / "runs").glob("twice-*/adapter"))
+    open_tab(page, "Library")
+    page.locator("#lib-import").get_by_text("Import an adapter").click()
+    page.locator("#lib-import-folder textarea, #lib-import-folder input").first.fill(str(adapter))
+    page.locator("#lib-import-name textarea, #lib-import-name input").first.fill("other")
+    page.locator("#lib-import-go").click()
+    page.wait_for_selector("#lib-message >> text=Imported")
+    pick(page, "lib-pick", "twice")
+    page.locator("#lib-manage").get_by_text("Rename or delete").click()
+    page.locator("#lib-confirm input").check()
+    page.locator("#lib-delete").click()
+    page.wait_for_selector("#lib-message >> text=Deleted")
+    assert "twice" in page.locator("#lib-message").inner_text()
+    assert page.locator("#lib-pick input").first.input_value() == ""
+    assert not page.locator("#lib-confirm input").is_checked()
+    page.locator("#lib-delete").click()
+    page.wait_for_selector("#lib-message >> text=Pick an adapter first")
+    assert "other" in page.locator("#lib-table").inner_text()

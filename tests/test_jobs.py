@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, until
 from core import jobs
 from core.config import RunConfig
+from core.errors import WorkbenchError
 from core.runfiles import read_metrics
 
 DATA = ROOT / "presets" / "data" / "identity.jsonl"
@@ -140,3 +141,15 @@ def test_damaged_files_and_a_deleted_folder_never_break_the_queue(tiny_model, wo
     until(lambda: state(gone.id) == "failed" and state(broken.id) == "completed", timeout=180, sup=sup)
     sup.release()
     assert "deleted" in jobs.get(gone.id).error
+
+
+@pytest.mark.parametrize("model, words", [("config.json", "configuration file"), ("empty-folder", "no config.json"),
+                                          ("missing-folder/", "not found")])
+def test_a_model_that_cannot_train_is_refused_before_anything_is_queued(tiny_model, workspace, tmp_path,
+                                                                        model, words):
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "config.json").write_text((tiny_model / "config.json").read_text())
+    with pytest.raises(WorkbenchError, match=words) as refused:
+        jobs.submit(cfg(str(tmp_path / model)))
+    assert refused.value.field == "model"
+    assert jobs.list_jobs() == [] and not (workspace / "runs").exists()

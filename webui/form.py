@@ -90,9 +90,9 @@ def make_component(dotted: str, value, lang: str, tr: Translator, model_choices:
     elif tp is bool:
         comp = gr.Checkbox(**common)
     elif tp in (int, float):
-        # Bounds are checked by RunConfig, whose message names the field; gradio's own check would
-        # reject the whole event with a generic toast.
-        comp = gr.Number(precision=0 if tp is int else None, **common)
+        # Bounds and whole numbers are checked by RunConfig, whose message names the field; gradio's own
+        # check would reject the whole event with a generic toast, and precision=0 would round 2.5 to 2.
+        comp = gr.Number(**common)
     else:
         comp = gr.Textbox(max_lines=1, **common)
     return tr.add(comp, dotted, "field")

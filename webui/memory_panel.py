@@ -56,7 +56,7 @@ def build(tr: Translator, lang: str = "en") -> Panel:
         with gr.Row():
             gpu = tr.add(gr.Dropdown(choices=gpu_options(), value=default_gpu(), label=t("mem.gpu", lang), scale=3,
                                      elem_id="mem-gpu"), "mem.gpu")
-            gpus = tr.add(gr.Number(value=1, minimum=1, maximum=4096, precision=0, label=t("mem.gpus", lang), scale=1,
+            gpus = tr.add(gr.Number(value=1, precision=0, label=t("mem.gpus", lang), scale=1,
                                     elem_id="mem-gpus"), "mem.gpus")
         summary = gr.Markdown(elem_id="mem-summary")
         params = gr.Markdown(elem_id="train-params")
@@ -78,8 +78,8 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
         return [t("mem.unknown", lang, error=error), "", None, ""] + hidden + [[]]
     try:
         arch = arch_for(cfg.model)
-        est = vram.estimate(cfg, gpus=max(1, int(gpus or 1)), arch=arch)
-        advice = vram.suggestions(cfg, gpu_gib, gpus=max(1, int(gpus or 1)), arch=arch)
+        est = vram.estimate(cfg, gpus=gpus, arch=arch)           # fewer than 1 GPU: a ConfigError, shown
+        advice = vram.suggestions(cfg, gpu_gib, gpus=gpus, arch=arch)
     except WorkbenchError as e:
         return [t("mem.unknown", lang, error=str(e)), "", None, ""] + hidden + [[]]
     gpu_name = next((name for name, gib in gpu_options() if gib == gpu_gib), f"{gpu_gib:.0f} GiB")

@@ -165,7 +165,7 @@ def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
             cfg, error = config_from_inputs(tab, list(values)), None
         except WorkbenchError as e:
             cfg, error = None, describe_error(e, lang)
-        return memory_panel.render(cfg, error, float(gpu_gib), int(gpus or 1), lang)
+        return memory_panel.render(cfg, error, float(gpu_gib), 1 if gpus is None else int(gpus), lang)
 
     inputs = [panel.gpu, panel.gpus, lang_state] + tab.inputs
     _follow_devices(tab, panel)
