@@ -36,7 +36,10 @@ def import_adapter(source: str | os.PathLike, *, name: str | None = None,
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=library.adapters_dir()))
     try:
         folder = safe_extract(source, work / "unzipped") if source.is_file() else source
-        checked = check_adapter(find_root(folder), base_model)
+        try:
+            checked = check_adapter(find_root(folder), base_model)
+        except ModelError as e:
+            raise _named_by(e, folder, source) if folder != source else e from None
         staged = work / "staged"
         copy_adapter_files(checked.root, staged)
         foreign = read_json(checked.root / "workbench.json") or {}
@@ -47,6 +50,13 @@ def import_adapter(source: str | os.PathLike, *, name: str | None = None,
         return library.install(staged, name, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _named_by(e: ModelError, unzipped: Path, archive: Path) -> ModelError:
+    """The same error with the zip's own name where it named the temporary folder it was unpacked to."""
+    def named(text):
+        return text.replace(str(unzipped), archive.name) if text else text
+    return ModelError(named(e.message), field=e.field, file=named(e.file), line=e.line, hint=e.hint)
 
 
 def _default_name(source: Path) -> str:

@@ -466,3 +466,15 @@ def test_cli_library_and_merge(ws, cli, tiny_model, tmp_path):
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = cli("library", "delete", "cli", "--yes")
     assert res.returncode == 0 and not (ws / "adapters" / "cli").exists()
+
+
+def test_a_refused_zip_is_named_by_its_own_name_not_the_folder_it_was_unpacked_to(workspace, tiny_model, tmp_path):
+    src = foreign_adapter(tiny_model, tmp_path / "src")
+    (src / "adapter_config.json").unlink()
+    archive = tmp_path / "noconfig.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f"src/{f.name}")
+    with pytest.raises(ModelError, match="no adapter_config.json") as err:
+        import_adapter(archive)
+    assert "noconfig.zip" in str(err.value) and ".import-" not in str(err.value), str(err.value)
