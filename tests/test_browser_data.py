@@ -1,5 +1,8 @@
 """The Data tab in a real browser: upload, detected format, validation report, loss-mask preview,
 length histogram, save to the library and use in the Train form."""
+import subprocess
+import sys
+
 import pytest
 
 from browser import browser, open_tab, pick, serve, shot
@@ -10,9 +13,12 @@ pytestmark = pytest.mark.browser
 FIXTURES = ROOT / "tests" / "fixtures" / "llamafactory"
 
 
+WORKSPACE = {}
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, embedded_model):
-    workspace = tmp_path_factory.mktemp("ui-data") / "workspace"
+    workspace = WORKSPACE["path"] = tmp_path_factory.mktemp("ui-data") / "workspace"
     with serve(workspace) as (url, _):
         with browser() as b:
             page = b.new_page(viewport={"width": 1400, "height": 1000})
@@ -75,3 +81,12 @@ def test_rename_then_delete_asks_first_and_leaves_the_others(page):
     page.wait_for_selector("#data-message >> text=Pick a saved dataset first")
     table = page.locator("#data-library").inner_text()
     assert "second" in table and "renamed" not in table
+
+
+def test_the_train_forms_dataset_list_shows_a_dataset_saved_elsewhere(page):
+    open_tab(page, "Train")
+    subprocess.run([sys.executable, "-m", "core", "--workspace", str(WORKSPACE["path"]), "data", "import",
+                    "--name", "from-cli", str(FIXTURES / "alpaca_en_demo.json")], cwd=ROOT, check=True,
+                   capture_output=True)
+    page.locator("#datasets input").first.click()
+    page.get_by_role("option", name="from-cli").first.wait_for()

@@ -155,6 +155,9 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
     nonce = gr.State(lambda: uuid.uuid4().hex)
     _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download)
     _wire_memory(tab, panel, lang_state)
+    # Datasets saved since the page was drawn (the Train tab opens first, so no tab switch refreshes it).
+    datasets.focus(lambda chosen: gr.update(choices=dataset_choices(list(chosen or []))), datasets, datasets,
+                   show_progress="hidden")
     return tab
 
 
