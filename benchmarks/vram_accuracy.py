@@ -67,11 +67,23 @@ def run_config(case: dict, model: str):
                   "padding_free": case.get("padding_free", False), "fused_loss": case.get("fused_loss", False)}})
 
 
-def estimate(case: dict) -> dict:
+def estimate(case: dict, cfg=None) -> dict:
+    """Our trainer's estimate for the case, or, given the command line's config, the plain step's."""
     from core import vram
 
-    est = vram.estimate(run_config(case, case["model"]))
+    est = vram.estimate(cfg or run_config(case, case["model"]), plain=cfg is not None)
     return {"total_gib": est.total_gib, "parts": est.parts, "peak_at": est.peak_at}
+
+
+def cli_config(case: dict):
+    """The config `python -m core estimate` builds from the flags alone, as a user (or a check) calls it:
+    --model --method --dtype --batch-size --seq-len --lora-rank [--grad-ckpt] --optim."""
+    from core import vram
+
+    return vram.config_from_cli(None, [], {
+        "model": case["model"], "method": case["method"], "train.dtype": case["dtype"],
+        "train.batch_size": case["batch"], "data.max_seq_len": case["seq"], "lora.rank": case["rank"],
+        "train.gradient_checkpointing": case["ckpt"], "train.optimizer": case["optim"]})
 
 
 # ---- one case, in its own process ---------------------------------------------------------------------
@@ -227,10 +239,11 @@ def reference_cases(folder: Path) -> list[tuple[dict, dict]]:
 
 
 def compare_reference(folder: Path) -> list[dict]:
-    """The estimate beside the reference measurements (device memory in use after each run)."""
+    """The estimate the command line gives for each reference run's flags, beside its measurement
+    (device memory in use after the run)."""
     results = []
     for ref, case in reference_cases(folder):
-        est = estimate(case)
+        est = estimate(case, cli_config(case))
         row = {"case": case, "estimate": est, "status": "ok", "device_used_gib": ref["device_used_gb"],
                "error_device": est["total_gib"] / ref["device_used_gb"] - 1, "source": ref["source"]}
         if "peak_reserved_gb" in ref:

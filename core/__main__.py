@@ -86,8 +86,9 @@ def cmd_estimate(args) -> int:
     gpus = args.gpus
     if gpus is None:
         gpus = devices.gpus_for_estimate(cfg.gpus, cfg.nodes.count, devices.cuda_count())
-    est = vram.estimate(cfg, gpus=gpus, arch=arch)
-    advice = vram.suggestions(cfg, args.gpu_gib, gpus=gpus, arch=arch) if args.gpu_gib else []
+    plain = args.config is None              # flags alone: the plain step (vram.PLAIN_STEP)
+    est = vram.estimate(cfg, gpus=gpus, arch=arch, plain=plain)
+    advice = vram.suggestions(cfg, args.gpu_gib, gpus=gpus, arch=arch, plain=plain) if args.gpu_gib else []
     print(vram.render_json(est, args.gpu_gib, advice) if args.json else vram.render_table(cfg, est, args.gpu_gib, advice))
     return 0
 
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("estimate", help="GPU memory a run needs, by part, and what makes it fit",
+                       description="Without --config the flags describe the plain training step (the stock "
+                                   "loss, padded batches, LoRA dropout 0); --config estimates that run with its "
+                                   "own settings, fast paths included, as the Train tab does.",
                        epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="a RunConfig YAML file; the flags below override it")
     p.add_argument("--model", help="hub id, model folder, path to a config.json, or a shipped card name")
@@ -122,15 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="max length in tokens (every sample counted at this length)")
     p.add_argument("--lora-rank", type=int, help="LoRA rank; alpha is 2 x rank unless --lora-alpha is given")
     p.add_argument("--lora-alpha", type=float)
-    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--lora-dropout", type=float, help="default 0 without --config")
     p.add_argument("--target-modules", help="all-linear (default) or names separated by commas")
     on_off = argparse.BooleanOptionalAction
     p.add_argument("--grad-ckpt", action=on_off, help="gradient checkpointing")
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--optim", choices=["adamw", "adamw8bit", "paged_adamw8bit"])
     p.add_argument("--packing", action=on_off)
-    p.add_argument("--padding-free", action=on_off, help="on by default")
-    p.add_argument("--fused-loss", action=on_off, help="on by default")
+    p.add_argument("--padding-free", action=on_off, help="off without --config (a run's default is on)")
+    p.add_argument("--fused-loss", action=on_off, help="off without --config (a run's default is on)")
     p.add_argument("--gpus", type=int, help="GPUs the run spreads over (DDP for LoRA/QLoRA, FSDP for full); "
                                             "default: what the config's gpus and nodes.count give")
     p.add_argument("--gpu-gib", type=float, help="memory of one GPU: prints the verdict and what makes it fit")

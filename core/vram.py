@@ -14,6 +14,7 @@ vocabularies real runs come in below the estimate by up to 4 x tokens x vocab by
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 from core.arch import Arch, list_cards, load_arch  # noqa: F401  (list_cards: the UI's model dropdown)
@@ -53,6 +54,7 @@ class Setup:
     optimizer: str
     grad_accum: int
     trainable_layers: int
+    embedding_states_32bit: bool = False    # transformers' Trainer keeps 8-bit optimizers' embeddings in 32 bits
 
     @property
     def adapters(self) -> bool:
@@ -77,7 +79,7 @@ def setup_for(cfg: RunConfig) -> Setup:
     if cfg.method == "qlora":
         weight = 4                      # prepare_model_for_kbit_training: every non-4-bit weight in fp32
     targets = tuple(x.strip() for x in cfg.lora.target_modules.split(",") if x.strip())
-    flat = d.packing or t.padding_free
+    flat = d.packing or (t.padding_free and t.batch_size > 1)      # one sample per row: no block mask
     return Setup(method=cfg.method, weight=weight, autocast=autocast, quantized=cfg.method == "qlora",
                  double_quant=cfg.quant.double_quant, targets=targets, rank=cfg.lora.rank, dora=cfg.lora.dora,
                  dropout=cfg.lora.dropout > 0, ckpt=t.gradient_checkpointing, tokens=t.batch_size * d.max_seq_len,
@@ -426,12 +428,16 @@ def strategy_for(method: str, gpus: int) -> str:
     return "ddp" if method in ("lora", "qlora") else "fsdp"
 
 
-def estimate(cfg: RunConfig, *, gpus: int = 1, arch: Arch | None = None) -> Estimate:
-    """Peak GPU memory per GPU of a training run with this config, on `gpus` GPUs with bf16."""
+def estimate(cfg: RunConfig, *, gpus: int = 1, arch: Arch | None = None, plain: bool = False) -> Estimate:
+    """Peak GPU memory per GPU of a training run with this config, on `gpus` GPUs with bf16.
+    plain: the optimizer built directly, as the plain step of the reference measurements does,
+    not by transformers' Trainer (which keeps 8-bit optimizers' embedding states in 32 bits)."""
     if gpus < 1:
         raise ConfigError(f"the number of GPUs must be at least 1, got {gpus}", field="gpus")
     arch = arch or load_arch(cfg.model, cfg.trust_remote_code)
     s = setup_for(cfg)
+    if not plain and s.method == "full" and s.optimizer != "adamw":
+        s = replace(s, embedding_states_32bit=True)
     strategy = strategy_for(cfg.method, gpus)
     trainable = trainable_tensors(arch, s)
     p_bytes = 4 if s.adapters else s.weight
@@ -451,6 +457,8 @@ def _persistent(arch: Arch, s: Setup, trainable, p_bytes: int, strategy: str, gp
     adapters = 4 * count(trainable) if s.adapters else 0.0
     grads = p_bytes * count(trainable)
     states, step_tmp = optimizer_bytes(trainable, s, p_bytes)
+    if s.embedding_states_32bit:             # two fp32 states instead of two uint8 ones and their constants
+        states += (8 - 2 * (1 + 4 / OPTIM8_BLOCK)) * arch.embed_params()
     bucket = 0.0
     if strategy == "ddp":
         bucket = grads                       # DDP's flat buckets hold a second copy of the gradients
@@ -520,28 +528,30 @@ class Suggestion:
     estimate: Estimate
 
 
-def suggestions(cfg: RunConfig, gpu_gib: float, gpus: int = 1, arch: Arch | None = None) -> list[Suggestion]:
+def suggestions(cfg: RunConfig, gpu_gib: float, gpus: int = 1, arch: Arch | None = None,
+                plain: bool = False) -> list[Suggestion]:
     """The cheapest changes that bring the run under `gpu_gib` per GPU, cheapest first: those that
     leave the result alone (fused loss, 8-bit optimizer, checkpointing, smaller micro-batches with the
     same effective batch), then QLoRA (or LoRA instead of full tuning), then a shorter max length.
     Beside them, one suggestion combines the changes that leave the result alone, or, when nothing
     else fits, the cheapest of all. Empty when the run already fits, or when nothing here makes it fit."""
     arch = arch or load_arch(cfg.model, cfg.trust_remote_code)
-    if estimate(cfg, gpus=gpus, arch=arch).total_gib <= gpu_gib:
+    size = functools.partial(estimate, gpus=gpus, arch=arch, plain=plain)
+    if size(cfg).total_gib <= gpu_gib:
         return []
-    fits = lambda c: estimate(c, gpus=gpus, arch=arch).total_gib <= gpu_gib
+    fits = lambda c: size(c).total_gib <= gpu_gib
     changes = _changes(cfg, arch, gpus)
     singles = []
     for rank, change in enumerate(changes):
         picked = change(cfg, fits)
         if picked and fits(cfg.with_overrides(picked[1])):
-            singles.append((rank, _suggest(cfg, *picked, gpus, arch)))
+            singles.append((rank, _suggest(cfg, *picked, size)))
     free = _combine(cfg, fits, changes[:FREE_CHANGES])
     combined = free if free or singles else _combine(cfg, fits, changes)
     if len(combined) > 1:
         overrides = [o for _, _, ov in combined for o in ov]
         rank = FREE_CHANGES - 0.5 if free else len(changes)
-        singles.append((rank, _suggest(cfg, "; ".join(d for _, d, _ in combined), overrides, gpus, arch)))
+        singles.append((rank, _suggest(cfg, "; ".join(d for _, d, _ in combined), overrides, size)))
     found = sorted(singles, key=lambda pair: pair[0])
     return [suggestion for _, suggestion in found]
 
@@ -574,8 +584,8 @@ def _combine(cfg: RunConfig, fits, changes) -> list:
 FREE_CHANGES = 4      # the first changes of _changes leave what the run learns alone
 
 
-def _suggest(cfg: RunConfig, description: str, overrides: list[str], gpus: int, arch: Arch) -> Suggestion:
-    return Suggestion(description, overrides, estimate(cfg.with_overrides(overrides), gpus=gpus, arch=arch))
+def _suggest(cfg: RunConfig, description: str, overrides: list[str], size) -> Suggestion:
+    return Suggestion(description, overrides, size(cfg.with_overrides(overrides)))
 
 
 def _changes(cfg: RunConfig, arch: Arch, gpus: int) -> list:
@@ -663,14 +673,22 @@ def detected_gpus() -> list[Gpu]:
 
 # ---- command line --------------------------------------------------------------------------------
 
+# Flags without a config file describe the plain training step the reference measurements ran
+# (../shared/calibration): the stock loss, padded batches, LoRA without dropout, the optimizer built
+# directly (estimate(plain=True)). A run's own settings come with its config (--config) or their
+# flags; the Train tab and the worker estimate the run as our Trainer runs it.
+PLAIN_STEP = {"lora": {"dropout": 0.0}, "train": {"fused_loss": False, "padding_free": False}}
+
+
 def config_from_cli(config_file: str | None, overrides: list[str], flags: dict) -> RunConfig:
-    """A RunConfig from a YAML file (optional), key=value overrides and flags (dotted keys; None
-    for flags not given). A rank given without an alpha gets alpha = 2 x rank."""
+    """A RunConfig from a YAML file (else PLAIN_STEP), key=value overrides and flags (dotted keys;
+    None for flags not given). A rank given without an alpha gets alpha = 2 x rank."""
+    import copy
     from pathlib import Path
 
     from core.config import apply_override, parse_yaml_with_lines
 
-    data, lines = {}, {}
+    data, lines = copy.deepcopy(PLAIN_STEP), {}
     if config_file:
         try:
             text = Path(config_file).read_text(encoding="utf-8")

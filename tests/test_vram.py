@@ -260,6 +260,26 @@ def test_packed_rows_pay_for_the_attention_mask():
     assert vram.attention_path(arch, vram.setup_for(cfg()), 2) == "flash"
 
 
+def test_our_trainer_keeps_8_bit_optimizers_embedding_states_in_32_bits():
+    """transformers' Trainer registers every nn.Embedding for 32-bit states; the plain step does not."""
+    arch = load_arch("Llama-3.2-1B")
+    full = cfg(model="Llama-3.2-1B", method="full", train={"optimizer": "adamw8bit"})
+    extra = (8 - 2 * (1 + 4 / 256)) * arch.embed_params() / GIB
+    ours, plain = vram.estimate(full, arch=arch), vram.estimate(full, arch=arch, plain=True)
+    assert ours.parts["optimizer"] - plain.parts["optimizer"] == pytest.approx(extra, abs=2e-3)
+    lora = cfg(model="Llama-3.2-1B", train={"optimizer": "adamw8bit"})
+    assert vram.estimate(lora, arch=arch) == vram.estimate(lora, arch=arch, plain=True)
+
+
+def test_a_padding_free_batch_of_one_sample_needs_no_mask():
+    """transformers builds the block mask only when a row holds several samples (find_packed_sequence_indices)."""
+    arch = load_arch("SmolLM2-135M")
+    one = cfg(train={"padding_free": True, "batch_size": 1})
+    assert vram.attention_path(arch, vram.setup_for(one), 2) == "flash"
+    assert parts(one, arch) == parts(cfg(train={"batch_size": 1}), arch)
+    assert vram.setup_for(cfg(data={"packing": True}, train={"batch_size": 1})).flat      # packed rows hold several
+
+
 def test_fsdp_divides_weights_gradients_and_optimizer_across_gpus():
     arch = load_arch("Llama-3.1-8B")
     full = cfg(method="full", train={"dtype": "bf16", "gradient_checkpointing": True})
@@ -432,11 +452,14 @@ def test_cli_takes_a_bare_config_json_a_config_file_and_prints_advice(cli, tmp_p
     assert "does not fit" in r.stdout and "train.batch_size=" in r.stdout and "allocator slack" in r.stdout
 
 
-def test_cli_switches_the_default_fast_paths_off(cli):
-    parts = lambda *flags: json.loads(cli("estimate", "--model", "Qwen2.5-0.5B", "--json", *flags).stdout)["parts"]
-    default, stock = parts(), parts("--no-fused-loss", "--no-padding-free")
-    assert stock["logits"] > 20 * default["logits"]
-    assert parts("--no-fused-loss")["logits"] == stock["logits"]
+def test_cli_flags_alone_estimate_the_plain_step_and_a_config_the_runs_own_settings(cli, tmp_path):
+    parts = lambda *args: json.loads(cli("estimate", "--model", "Qwen2.5-0.5B", "--json", *args).stdout)["parts"]
+    plain = parts()
+    assert plain == parts("--no-fused-loss", "--no-padding-free", "--lora-dropout", "0")
+    assert plain["logits"] > 20 * parts("--fused-loss")["logits"]
+    run = tmp_path / "run.yaml"
+    run.write_text("model: Qwen2.5-0.5B\n")                 # a run's defaults: fused loss, padding-free, dropout
+    assert parts("--config", run) == parts("--fused-loss", "--padding-free", "--lora-dropout", "0.05")
 
 
 def test_cli_bad_input_exits_2_with_a_reason(cli, tmp_path):
