@@ -1,8 +1,13 @@
 """The Train and Runs tabs in a real browser on the tiny model: memory panel and its fixes, a bad
 field answered in words, Start pressed twice makes one run, clone back into the form."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from browser import browser, open_tab, pick, serve, shot
+from conftest import ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -65,7 +70,28 @@ def test_start_pressed_twice_queues_one_run_that_completes(page, tiny_model):
     assert page.locator("#runs-table tbody tr").count() == 1
     page.locator("#run-clone").click()
     page.wait_for_selector("#train-message >> text=The form now holds")
+    page.wait_for_timeout(1500)
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
     assert page.locator("#field-name input, #field-name textarea").first.input_value() == "twice"
+
+
+def test_a_run_queued_elsewhere_clones_into_the_form_without_errors(page, tiny_model, tmp_path):
+    """Its datasets are files this page never listed: one in another folder, one named relative to the app's."""
+    data = tmp_path / "mine.jsonl"
+    data.write_text((ROOT / "presets" / "data" / "identity.jsonl").read_text())
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model}\nname: elsewhere\ndatasets: [{data}, presets/data/identity.jsonl]\n"
+                      f"train:\n  max_steps: 1\n")
+    subprocess.run([sys.executable, "-m", "core", "--workspace", str(WORKSPACE["path"]), "runs", "submit",
+                    "--config", str(config)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                   check=True, capture_output=True)
+    open_tab(page, "Runs")
+    pick(page, "run-select", "elsewhere")
+    page.locator("#run-clone").click()
+    page.wait_for_selector("#train-message >> text=The form now holds")
+    page.wait_for_timeout(1500)
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    assert "mine.jsonl" in page.locator("#datasets").inner_text()
 
 
 def test_what_the_form_cannot_train_is_refused_in_words(page, tiny_model):

@@ -138,15 +138,18 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
         buttons[key].click(act(fn, key), [run_select, lang_state], action_msg)
 
     def clone(run_id, lang):
+        """Problems are told here on the Runs tab, which stays open; a clone lands on the Train tab."""
+        unchanged = [gr.skip()] * len(train_tab.inputs)
         if not run_id:
-            return [gr.skip()] * len(train_tab.inputs) + [t("runs.no_run", lang), gr.skip()]
+            return unchanged + [gr.skip(), t("runs.no_run", lang), gr.skip()]
         try:
             cfg = jobs.config_of(run_id)
         except WorkbenchError as e:
-            return [gr.skip()] * len(train_tab.inputs) + [t("error", lang, error=str(e)), gr.skip()]
-        return train_tab.fill(cfg) + [t("runs.cloned", lang, id=run_id), gr.Tabs(selected="train")]
+            return unchanged + [gr.skip(), t("error", lang, error=str(e)), gr.skip()]
+        return train_tab.fill(cfg) + [t("runs.cloned", lang, id=run_id), "", gr.Tabs(selected="train")]
 
-    buttons["clone"].click(clone, [run_select, lang_state], train_tab.inputs + [train_tab.message, tabs])
+    buttons["clone"].click(clone, [run_select, lang_state],
+                           train_tab.inputs + [train_tab.message, action_msg, tabs])
 
 
 def _mtime(path) -> float:

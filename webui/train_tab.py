@@ -132,9 +132,12 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                             GROUP_TITLES[group]) as acc:
                     groups[group] = acc
                     if group == "data":
+                        # Any path is accepted here and checked by RunConfig: a cloned run's datasets
+                        # need not be among the choices this page was drawn with.
                         datasets = tr.add(gr.Dropdown(
                             choices=dataset_choices([s.path for s in cfg.datasets]),
-                            value=[s.path for s in cfg.datasets], multiselect=True, label=t("train.datasets", lang),
+                            value=[s.path for s in cfg.datasets], multiselect=True, allow_custom_value=True,
+                            label=t("train.datasets", lang),
                             info=t("train.datasets_hint", lang), elem_id="datasets"), "train.datasets", "labelinfo")
                         ratios = tr.add(gr.Textbox(label=t("train.ratios", lang), info=t("train.ratios_hint", lang),
                                                    max_lines=1, elem_id="ratios"), "train.ratios", "labelinfo")
