@@ -62,6 +62,10 @@ def cmd_train(args) -> int:
 
 def cmd_chat(args) -> int:
     from core.chat import one_shot
+    from core.errors import ConfigError
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"must be at least 1, got {args.max_new_tokens}", field="max_new_tokens")
 
     print(one_shot(args.adapter, args.prompt, base=args.model, max_new_tokens=args.max_new_tokens,
                    system=args.system))
@@ -177,10 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         set_home(args.workspace)
     quiet_libraries()
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:              # `... | head`: the reader left; what is still buffered goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

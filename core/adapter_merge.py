@@ -7,6 +7,7 @@ folder in exports/, then renamed to exports/<name>/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -39,6 +40,9 @@ class MergeResult:
         return asdict(self)
 
 
+SHARD_SIZE = re.compile(r"\d+[KMG]i?B", re.I)      # what transformers' convert_file_size_to_int reads
+
+
 def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = "5GB", dtype: str = "auto",
           progress: Progress | None = None) -> MergeResult:
     """Merge `adapter` (library name, id or folder) into its base and write exports/<name>/.
@@ -55,6 +59,8 @@ def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = 
                          field="adapter")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}", field="dtype")
+    if not (isinstance(max_shard_size, int) or SHARD_SIZE.fullmatch(str(max_shard_size))):
+        raise ConfigError(f"'{max_shard_size}' is not a size; write it like 2GB or 500MB", field="max_shard_size")
     name = library.validate_name(name)
     target = exports_dir() / name
     if target.exists():

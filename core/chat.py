@@ -101,6 +101,10 @@ class ChatEngine:
             return name
         if not (path / "adapter_config.json").is_file():
             raise ModelError(f"'{path}' is not an adapter folder (no adapter_config.json)", field="adapter")
+        # peft changes the model in place before it reads the weights: refuse a bad adapter first.
+        from core.adapter_check import check_fits_base, read_config, read_weight_shapes
+        read_config(path)
+        check_fits_base(read_weight_shapes(path), self.base)
         with self.lock:
             if not hasattr(self.model, "peft_config"):
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)

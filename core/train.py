@@ -237,8 +237,12 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         raise
 
     cfg.output_dir = str(run_dir.root)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
+    try:
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        setup_logging(run_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot write the run folder '{run_dir.root}': {e.strerror or e}",
+                          field="output_dir") from None
     if not resume and distributed.is_main():
         cfg.save(run_dir.config)
     trainable, total = count_parameters(model)

@@ -4,6 +4,8 @@ import json
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -446,7 +448,7 @@ def test_trash_left_by_an_unfinished_delete_is_cleared_or_restored(ws, monkeypat
 
 # --- command line ------------------------------------------------------------------------------
 
-def test_cli_library_and_merge(ws, cli, tiny_model, tmp_path):
+def test_cli_library_and_merge(ws, cli, tiny_model, other_model, tmp_path):
     src = foreign_adapter(tiny_model, tmp_path / "cli-made")
     res = cli("library", "import", src, "--name", "cli")
     assert res.returncode == 0 and "imported 'cli'" in res.stdout, res.stderr
@@ -461,7 +463,11 @@ def test_cli_library_and_merge(ws, cli, tiny_model, tmp_path):
     res = cli("library", "export-zip", "cli")
     assert res.returncode == 0 and Path(res.stdout.strip()).is_file()
     for args, words in [(("library", "delete", "cli"), "--yes"),
-                        (("merge", "--adapter", "nope", "--out", "x"), "no adapter 'nope'")]:
+                        (("merge", "--adapter", "nope", "--out", "x"), "no adapter 'nope'"),
+                        (("merge", "--adapter", "cli", "--out", "y", "--max-shard-size", "abc"), "not a size"),
+                        (("chat", "--adapter", src, "--prompt", "hi", "--max-new-tokens", "0"), "at least 1"),
+                        (("chat", "--adapter", ws / "runs" / "identity" / "adapter", "--model", other_model,
+                          "--prompt", "hi"), "does not fit")]:
         res = cli(*args)
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = cli("library", "delete", "cli", "--yes")
@@ -478,3 +484,11 @@ def test_a_refused_zip_is_named_by_its_own_name_not_the_folder_it_was_unpacked_t
     with pytest.raises(ModelError, match="no adapter_config.json") as err:
         import_adapter(archive)
     assert "noconfig.zip" in str(err.value) and ".import-" not in str(err.value), str(err.value)
+
+
+def test_cli_output_cut_short_by_its_reader_ends_quietly(ws):
+    proc = subprocess.Popen([sys.executable, "-m", "core", "library", "list"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                                  # as `| head -0` does
+    err = proc.stderr.read()
+    assert proc.wait() == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -217,3 +217,12 @@ def test_out_of_memory_names_changes_that_fit_the_gpu_it_ran_on(monkeypatch):
     assert msg.startswith("out of memory on GPU 0: NVIDIA A10 (22 GiB)") and "method=" in msg, msg
     monkeypatch.setattr(vram, "detected_gpus", lambda: [])
     assert "gradient checkpointing" in train.out_of_memory_message(cfg)
+
+
+def test_an_output_dir_that_cannot_be_written_is_bad_input(tmp_path, cli, tiny_model, workspace):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    path = tmp_path / "c.yaml"
+    config(tiny_model, blocker / "run").save(path)
+    r = cli("train", "--config", path)
+    assert r.returncode == 2 and "output_dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
