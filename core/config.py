@@ -243,7 +243,7 @@ class RunConfig:
     def from_yaml(cls, text: str, *, file: str | None = None, overrides: list[str] | None = None) -> "RunConfig":
         data, lines = parse_yaml_with_lines(text, file)
         for item in overrides or []:
-            apply_override(data, item)
+            lines.pop(apply_override(data, item), None)     # an error names the override, not the file's line
         return cls.from_dict(data, file=file, lines=lines)
 
     @classmethod
@@ -330,8 +330,9 @@ def _collect_lines(node, prefix: str, lines: dict) -> None:
             _collect_lines(item, name + ".", lines)
 
 
-def apply_override(data: dict, item: str) -> None:
-    """Apply one `dotted.key=value` override; the value is read as YAML (3, 2e-4, true, [a, b])."""
+def apply_override(data: dict, item: str) -> str:
+    """Apply one `dotted.key=value` override; the value is read as YAML (3, 2e-4, true, [a, b]).
+    Returns the dotted key."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' is not of the form key=value", field=item)
     key, raw = item.split("=", 1)
@@ -347,6 +348,7 @@ def apply_override(data: dict, item: str) -> None:
             target[part] = {}
         target = target[part]
     target[parts[-1]] = value
+    return key
 
 
 # ---- building and checking -------------------------------------------------------------------

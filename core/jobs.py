@@ -158,7 +158,9 @@ def move(job_id: str, delta: int) -> None:
         rows = conn.execute("SELECT id, position FROM jobs WHERE state='queued' ORDER BY position").fetchall()
         ids = [r["id"] for r in rows]
         if job_id not in ids:
-            raise JobError("only a queued run can be moved", field="run")
+            known = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            raise JobError(f"only a queued run can be moved; this one is {known['state']}" if known
+                           else f"no run '{job_id}'", field="run")
         i = ids.index(job_id)
         j = max(0, min(len(ids) - 1, i + delta))
         ids.insert(j, ids.pop(i))
@@ -175,7 +177,8 @@ def remove(job_id: str) -> None:
         if row is None:
             raise JobError(f"no run '{job_id}'", field="run")
         if row["state"] != "queued":
-            raise JobError("only a queued run can be removed; stop it first", field="run")
+            then = "; stop it first" if row["state"] in ACTIVE else ""
+            raise JobError(f"only a queued run can be removed; this one is {row['state']}{then}", field="run")
         conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
     shutil.rmtree(row["run_dir"], ignore_errors=True)
 

@@ -696,8 +696,10 @@ def config_from_cli(config_file: str | None, overrides: list[str], flags: dict) 
             raise ConfigError(f"cannot read the config file ({e.__class__.__name__})", file=config_file) from None
         data, lines = parse_yaml_with_lines(text, config_file)
     for item in overrides:
-        apply_override(data, item)
+        lines.pop(apply_override(data, item), None)
     given = {k: v for k, v in flags.items() if v is not None}
+    for key in given:
+        lines.pop(key, None)
     if "lora.rank" in given and "lora.alpha" not in given:
         given["lora.alpha"] = 2 * given["lora.rank"]
     for key, value in given.items():

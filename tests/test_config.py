@@ -52,3 +52,14 @@ def test_fields_carry_help_in_both_languages_and_bounds():
     meta = field_meta("lora.rank")
     assert meta["help"] and meta["help_zh"] and meta["min"] == 1
     assert "AdamW" in field_meta("train.optimizer")["help"]
+
+
+def test_an_override_error_does_not_point_at_the_line_it_replaced(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\ntrain:\n  batch_size: 2\n")
+    with pytest.raises(ConfigError) as e:
+        RunConfig.load(path, overrides=["train.batch_size=abc"])
+    assert e.value.field == "train.batch_size" and e.value.line is None
+    with pytest.raises(ConfigError) as e:
+        RunConfig.load(path, overrides=["train.batch_size=0"])
+    assert e.value.line is None and "too small" in str(e.value)

@@ -153,3 +153,14 @@ def test_a_model_that_cannot_train_is_refused_before_anything_is_queued(tiny_mod
         jobs.submit(cfg(str(tmp_path / model)))
     assert refused.value.field == "model"
     assert jobs.list_jobs() == [] and not (workspace / "runs").exists()
+
+
+def test_queue_actions_on_a_run_in_the_wrong_state_or_none_say_which(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model))
+    with pytest.raises(WorkbenchError, match="no run 'nope'"):
+        jobs.move("nope", 1)
+    jobs.stop(job.id)                                  # a queued run stops at once
+    with pytest.raises(WorkbenchError, match=r"this one is stopped$"):
+        jobs.remove(job.id)
+    with pytest.raises(WorkbenchError, match="this one is stopped"):
+        jobs.move(job.id, -1)
