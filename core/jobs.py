@@ -221,8 +221,9 @@ def config_of(job_id: str) -> RunConfig:
     return cfg
 
 
-def rerun(job_id: str) -> Job:
-    return submit(config_of(job_id))
+def rerun(job_id: str, *, request_key: str | None = None) -> Job:
+    """Queue a new run with this run's config; the same request_key queues it once (double clicks)."""
+    return submit(config_of(job_id), request_key=request_key)
 
 
 def _set(job_id: str, **fields) -> None:

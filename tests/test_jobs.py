@@ -164,3 +164,10 @@ def test_queue_actions_on_a_run_in_the_wrong_state_or_none_say_which(tiny_model,
         jobs.remove(job.id)
     with pytest.raises(WorkbenchError, match="this one is stopped"):
         jobs.move(job.id, -1)
+
+
+def test_a_rerun_asked_twice_with_one_request_key_queues_one_run(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model))
+    first, second = jobs.rerun(job.id, request_key="k"), jobs.rerun(job.id, request_key="k")
+    assert first.id == second.id != job.id and len(jobs.list_jobs()) == 2
+    assert jobs.rerun(job.id).id not in (first.id, job.id)

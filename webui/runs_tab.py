@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import time
+import uuid
 
 import gradio as gr
 import pandas as pd
@@ -133,9 +134,17 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             return t("runs.done", lang, what=t(f"runs.{label}", lang), id=shown)
         return handler
 
-    for key, fn in (("stop", jobs.stop), ("resume", jobs.resume), ("rerun", jobs.rerun), ("remove", jobs.remove),
+    for key, fn in (("stop", jobs.stop), ("resume", jobs.resume), ("remove", jobs.remove),
                     ("up", lambda i: jobs.move(i, -1)), ("down", lambda i: jobs.move(i, 1))):
         buttons[key].click(act(fn, key), [run_select, lang_state], action_msg)
+
+    def rerun(run_id, lang, key):
+        """One new run per click, however fast the clicks come (as Start does)."""
+        text = act(lambda i: jobs.rerun(i, request_key=key), "rerun")(run_id, lang)
+        return text, uuid.uuid4().hex
+
+    nonce = gr.State(lambda: uuid.uuid4().hex)
+    buttons["rerun"].click(rerun, [run_select, lang_state, nonce], [action_msg, nonce], concurrency_limit=1)
 
     def clone(run_id, lang):
         """Problems are told here on the Runs tab, which stays open; a clone lands on the Train tab."""
