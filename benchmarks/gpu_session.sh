@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, for one call on a GPU machine (after benchmarks/gpu_prepare.sh here; carry .whl and .gpu):
 #   bash benchmarks/gpu_session.sh [tests] [vram] [vram-trainer] [speed] [distributed]
-# tests: the CUDA tests and the trainer's tests on the GPU (about 2 min); vram: the memory estimate against
-# five short runs (--cases quick, about 4 min); vram-trainer: the same through our Trainer; speed: baseline
-# vs ours, LoRA and QLoRA, 20 steps, one repeat (about 4 min); distributed: tests/test_distributed.py (the
+# tests: the CUDA tests and the trainer's tests on the GPU (at most 3 min); vram: the memory estimate against
+# five short runs (--cases quick, at most 4 min); vram-trainer: the same through our Trainer; speed: baseline
+# vs ours, LoRA and QLoRA, 20 steps, one repeat (at most 4 min); distributed: tests/test_distributed.py (the
 # FSDP test needs two GPUs). Results and logs go to $OUT (default ./gpu-results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,12 +33,12 @@ step() {   # name, seconds, command...
 for stage in "${@:-tests vram speed}"; do
     for s in $stage; do
         case $s in
-        tests) step tests 240 $PY -m pytest -q -p no:cacheprovider -m "not browser and not e2e" \
+        tests) step tests 180 $PY -m pytest -q -p no:cacheprovider -m "not browser and not e2e" \
                    tests/test_gpu.py tests/test_train.py tests/test_speed_paths.py tests/test_vram.py ;;
-        vram) step vram 300 $PY benchmarks/vram_accuracy.py --cases quick --out "$OUT/vram_standard.jsonl" ;;
-        vram-trainer) step vram-trainer 300 $PY benchmarks/vram_accuracy.py --cases quick --loop trainer \
+        vram) step vram 240 $PY benchmarks/vram_accuracy.py --cases quick --out "$OUT/vram_standard.jsonl" ;;
+        vram-trainer) step vram-trainer 240 $PY benchmarks/vram_accuracy.py --cases quick --loop trainer \
                           --out "$OUT/vram_trainer.jsonl" ;;
-        speed) step speed 300 $PY benchmarks/train_speed.py --steps 20 --repeats 1 --no-loss-memory \
+        speed) step speed 240 $PY benchmarks/train_speed.py --steps 20 --repeats 1 --no-loss-memory \
                    --out "$OUT/train_speed.json" ;;
         distributed) step distributed 300 $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py ;;
         *) echo "unknown stage: $s (tests, vram, vram-trainer, speed, distributed)"; exit 2 ;;
