@@ -221,10 +221,14 @@ def test_qlora_lowers_weights():
 
 
 def test_8bit_optimizer_lowers_optimizer_states():
+    """bitsandbytes alone halves bf16 states; our Trainer keeps the embedding's in 32 bits, which for a
+    small model with a large vocabulary takes back most of the saving."""
     arch = load_arch("Qwen2.5-0.5B")
     full = cfg(method="full", train={"dtype": "bf16"})
     eight_bit = full.with_overrides(["train.optimizer=adamw8bit"])
-    assert parts(eight_bit, arch)["optimizer"] < parts(full, arch)["optimizer"] / 1.9
+    plain = vram.estimate(eight_bit, arch=arch, plain=True).parts["optimizer"]
+    assert plain < parts(full, arch)["optimizer"] / 1.9
+    assert plain < parts(eight_bit, arch)["optimizer"] < parts(full, arch)["optimizer"]
 
 
 def test_fused_loss_lowers_logits():
