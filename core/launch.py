@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from core.config import RunConfig
-from core.devices import Placement, place
+from core.devices import Placement, gpus_for_estimate, place
 from core.distributed import check_optimizer
 from core.vram import strategy_for
 
@@ -61,8 +61,7 @@ def command(cfg: RunConfig, config: str, *, cuda_count: int, node_rank: int = 0,
     if not is_distributed(cfg, placement):
         return Launch([python, *worker], env)
     if placement.visible != "":                  # the workers see GPUs: FSDP for full/freeze
-        per_node = placement.procs if isinstance(placement.procs, int) else max(cuda_count, 1)
-        check_optimizer(cfg, strategy_for(cfg.method, per_node * cfg.nodes.count))
+        check_optimizer(cfg, strategy_for(cfg.method, gpus_for_estimate(cfg.gpus, cfg.nodes.count, cuda_count)))
     runner = torchrun or [python, *TORCHRUN_MODULE]
     return Launch([*runner, *torchrun_args(cfg, placement.procs, node_rank), *worker], env)
 

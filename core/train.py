@@ -214,7 +214,8 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     setup_logging(run_dir if existed else None)
     try:
         ckpt = prepare_run_dir(cfg, run_dir, resume)
-        distributed.check_optimizer(cfg, distributed.strategy(cfg, device_kind()))
+        strategy = distributed.strategy(cfg, device_kind())
+        distributed.check_optimizer(cfg, strategy)
         resolved = models.resolve(cfg.model)
         tokenizer = models.load_tokenizer(resolved, cfg.trust_remote_code)
         ensure_chat_template(tokenizer)
@@ -254,7 +255,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
                          trainable_params=trainable, total_params=total, precision=precision.label,
                          batching=batching_label(cfg), loss_path=loss_path,
                          device=device_kind(), rows=data.rows, dropped=len(data.dropped),
-                         processes=distributed.world_size(), strategy=distributed.strategy(cfg, device_kind()),
+                         processes=distributed.world_size(), strategy=strategy,
                          estimate_gib=(estimate or {}).get("total_gib"))
     collator = FlattenCollator() if flattened(cfg) else PadCollator(tokenizer.pad_token_id)
     started = time.time()

@@ -7,24 +7,12 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT
 from core import fused_loss
 from core.batching import FlattenCollator
-from core.config import RunConfig
 from core.train import RunFailed, run
+from test_train import config      # the same small runs as the CPU tests
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-DATA = ROOT / "presets" / "data"
-
-
-def config(tiny_model, out, **sections) -> RunConfig:
-    base = {"model": str(tiny_model), "datasets": [str(DATA / "identity.jsonl"), str(DATA / "general.json")],
-            "output_dir": str(out), "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3}}
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value) if isinstance(value, dict) else base.__setitem__(key, value)
-    return RunConfig.from_dict(base)
-
 
 def test_a_gpu_run_trains_in_half_precision_and_records_the_device_peak_beside_the_estimate(tiny_model, tmp_path, workspace):
     run_dir = run(config(tiny_model, tmp_path / "r"))
