@@ -70,13 +70,29 @@ def safe_filename(name: str) -> str:
     return stem + (ext if ext not in ("", ".") else "")
 
 
-def dataset_name(name: str) -> str:
-    """A dataset name made safe for a folder; raises DataError when nothing usable is left."""
-    clean = _clean(str(name).strip()).strip("._-")[:NAME_MAX].rstrip("._-")
+def clean_dataset_name(text: str) -> str:
+    """A dataset name made from a file's or a catalogue entry's name; DataError when nothing usable is left."""
+    clean = _clean(str(text).strip()).strip("._-")[:NAME_MAX].rstrip("._-")
     if not clean:
-        raise DataError(f"'{name}' is not a usable dataset name; use letters, digits, '-', '_' or '.'",
+        raise DataError(f"'{text}' is not a usable dataset name; use letters, digits, '-', '_' or '.'",
                         field="name")
     return clean
+
+
+def dataset_name(name: str) -> str:
+    """A name the user typed, refused in words when it is not one a folder can safely hold (as adapter
+    names are), rather than changed behind their back."""
+    name = str(name).strip()
+    clean = clean_dataset_name(name)
+    if clean == name:
+        return name
+    if len(name) > NAME_MAX:
+        raise DataError(f"dataset name '{name[:NAME_MAX]}...' is longer than {NAME_MAX} characters", field="name")
+    odd = sorted({c for c in name if not (c.isalnum() or c in "-_.")})
+    problem = (f"cannot hold {' or '.join(repr(c) for c in odd)}" if odd
+               else "must start and end with a letter or digit")
+    raise DataError(f"dataset name '{name}' {problem}; use letters, digits, '-', '_' or '.', e.g. '{clean}'",
+                    field="name")
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -199,11 +199,12 @@ def import_llamafactory(folder: str | Path, names: list[str] | None = None, pref
             if entry.error:
                 raise DataError(entry.error, field=entry.name)
             source = f"llamafactory:{entry.name}"
+            name = lib.clean_dataset_name(prefix + entry.name)    # catalogue names may hold '/' or spaces
             if entry.hub:
-                info = lib.import_hub_dataset(prefix + entry.name, **entry.hub, format=entry.format,
+                info = lib.import_hub_dataset(name, **entry.hub, format=entry.format,
                                               columns=entry.columns, tokenizer=tokenizer, max_mb=max_mb)
             else:
-                info = lib.save_dataset(prefix + entry.name, entry.files, format=entry.format, columns=entry.columns,
+                info = lib.save_dataset(name, entry.files, format=entry.format, columns=entry.columns,
                                         tokenizer=tokenizer, source=source, max_mb=max_mb)
             result.name = info.name
         except WorkbenchError as e:

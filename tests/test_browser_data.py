@@ -50,7 +50,13 @@ def test_upload_shows_format_report_preview_and_lengths(page, tmp_path):
 
 
 def test_save_to_library_and_use_in_train(page):
-    page.locator("#data-name textarea, #data-name input").first.fill("alpaca-demo")
+    name = page.locator("#data-name textarea, #data-name input").first
+    assert name.input_value() == "alpaca_en_demo"               # from the first upload's file name
+    name.fill("alpaca demo")
+    page.locator("#data-save").click()
+    page.wait_for_selector("#data-message >> text=cannot hold ' '")
+    assert "e.g. 'alpaca_demo'" in page.locator("#data-message").inner_text()
+    name.fill("alpaca-demo")
     page.locator("#data-save").click()
     page.wait_for_selector("#data-message >> text=Saved")
     assert "alpaca-demo" in page.locator("#data-library").inner_text()

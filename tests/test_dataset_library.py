@@ -117,11 +117,23 @@ def test_uploaded_file_names_are_made_safe_and_stay_inside(tmp_path, workspace, 
     assert written == sorted([f"datasets/safe/{stored}", "datasets/safe/meta.json"])
 
 
-def test_odd_dataset_names_are_cleaned_and_empty_ones_refused(tmp_path, workspace):
-    info = lib.save_dataset("../../my data/v1", [jsonl(tmp_path / "t.jsonl", [{"text": "doc"}])])
-    assert info.name == "my_data_v1" and (workspace / "datasets" / "my_data_v1").is_dir()
+def test_odd_dataset_names_are_refused_in_words_and_nothing_is_written(tmp_path, workspace):
+    data = [jsonl(tmp_path / "t.jsonl", [{"text": "doc"}])]
+    with pytest.raises(DataError, match=r"cannot hold ' ' or '/'; .* e.g. 'my_data_v1'") as odd:
+        lib.save_dataset("../../my data/v1", data)
+    assert odd.value.field == "name"
+    with pytest.raises(DataError, match="must start and end with a letter or digit; .* e.g. 'v1'"):
+        lib.save_dataset(".v1", data)
+    with pytest.raises(DataError, match="longer than 64 characters"):
+        lib.save_dataset("a" * 65, data)
     with pytest.raises(DataError, match="not a usable dataset name"):
-        lib.save_dataset("../..", [jsonl(tmp_path / "u.jsonl", [{"text": "doc"}])])
+        lib.save_dataset("../..", data)
+    assert not (workspace / "datasets").exists() or not any((workspace / "datasets").iterdir())
+    assert lib.save_dataset("  v1.2_b-3 ", data).name == "v1.2_b-3"
+    lib.save_dataset("other", data)
+    with pytest.raises(DataError, match="cannot hold ' '"):
+        lib.rename_dataset("other", "my data")
+    assert lib.clean_dataset_name("../../my data/v1") == "my_data_v1"
 
 
 def test_two_uploads_with_the_same_name_keep_both(tmp_path, workspace):

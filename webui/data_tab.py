@@ -143,7 +143,13 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         slot.input(check, inputs, outputs)
 
     def on_upload_name(files):
-        return Path(files[0]).stem if files else gr.skip()
+        """The first file's name, made into one the library accepts."""
+        if not files:
+            return gr.skip()
+        try:
+            return dl.clean_dataset_name(Path(files[0]).stem)
+        except WorkbenchError:
+            return ""
 
     upload.upload(on_upload_name, upload, name)
 
