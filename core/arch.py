@@ -18,6 +18,7 @@ CARDS_DIR = Path(__file__).resolve().parent.parent / "presets" / "models"
 QK_NORM_TYPES = {"qwen3", "gemma3", "gemma3_text", "olmo2"}
 GEMMA_TYPES = {"gemma", "gemma2", "gemma3", "gemma3_text"}
 BIASED_QKV_TYPES = {"qwen2"}            # modelling code always gives q, k and v a bias
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -69,6 +70,7 @@ class Arch:
     vision: Vision | None = None
     hub_id: str = ""
     source: str = ""
+    defaulted: tuple[str, ...] = ()     # size keys the config left out, taken from transformers' defaults
 
     # ---- shapes -------------------------------------------------------------------------------
 
@@ -123,6 +125,8 @@ def from_config(config: dict, *, name: str = "", source: str = "") -> Arch:
     """Arch from the numbers of a config.json (a multimodal config's text_config is used)."""
     if not isinstance(config, dict):
         raise ModelError(f"{source or name}: a config.json must hold a JSON object", file=source or None)
+    raw_text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    defaulted = tuple(k for k in SIZE_KEYS if k not in raw_text)
     config = _with_defaults(config)
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     model_type = str(config.get("model_type") or text.get("model_type") or "")
@@ -156,6 +160,7 @@ def from_config(config: dict, *, name: str = "", source: str = "") -> Arch:
             vision=_vision(config.get("vision_config")) if text is not config else None,
             hub_id=str(config.get("hub_id") or ""),
             source=source,
+            defaulted=defaulted,
         )
     except (KeyError, TypeError, ValueError) as e:
         missing = f"no '{e.args[0]}'" if isinstance(e, KeyError) else f"a bad value ({e})"

@@ -407,6 +407,7 @@ class Estimate:
     trainable_params: int
     total_params: int
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)     # what makes the estimate itself doubtful
 
     def verdict(self, gpu_gib: float) -> str:
         """One of "fits" (more than 10% of the card to spare), "tight" (within 10% of its memory:
@@ -418,7 +419,8 @@ class Estimate:
     def to_dict(self) -> dict:
         return {"total_gib": self.total_gib, "parts": dict(self.parts), "peak_at": self.peak_at,
                 "strategy": self.strategy, "gpus": self.gpus, "trainable_params": self.trainable_params,
-                "total_params": self.total_params, "notes": list(self.notes)}
+                "total_params": self.total_params, "notes": list(self.notes),
+                "warnings": list(self.warnings)}
 
 
 def strategy_for(method: str, gpus: int) -> str:
@@ -448,7 +450,7 @@ def estimate(cfg: RunConfig, *, gpus: int = 1, arch: Arch | None = None, plain: 
     parts = {k: round(parts[k] / GIB, 3) for k in PARTS}
     return Estimate(parts=parts, total_gib=round(sum(parts.values()), 3), peak_at=event, strategy=strategy,
                     gpus=gpus, trainable_params=count(trainable), total_params=arch.total_params(),
-                    notes=_notes(arch, s))
+                    notes=_notes(arch, s), warnings=_warnings(arch))
 
 
 def _persistent(arch: Arch, s: Setup, trainable, p_bytes: int, strategy: str, gpus: int) -> dict:
@@ -506,6 +508,13 @@ def fragmentation(s: Setup, mem: dict, act: dict) -> float:
     is taken again by the next forward's activations; seen on an H100, full tuning)."""
     grads = 0.0 if s.adapters or s.grad_accum > 1 else mem["grads"] / 2
     return act["one_layer"] + act["cache"] + grads
+
+
+def _warnings(arch: Arch) -> list[str]:
+    if not arch.defaulted:
+        return []
+    return [f"{arch.source or arch.name} gives no {', '.join(arch.defaulted)}: the defaults of transformers' "
+            f"{arch.model_type} config are counted, so the estimate may be far off"]
 
 
 def _notes(arch: Arch, s: Setup) -> list[str]:
@@ -737,7 +746,7 @@ def render_table(cfg: RunConfig, est: Estimate, gpu_gib: float | None = None,
              f"tokens · {gpus}", ""]
     lines += [f"  {name.replace('_', ' '):<18}{value:9.2f} GiB" for name, value in est.parts.items()]
     lines += [f"  {'total':<18}{est.total_gib:9.2f} GiB   (peak: {est.peak_at})"]
-    lines += [f"  note: {n}" for n in est.notes]
+    lines += [f"  note: {n}" for n in est.notes] + [f"  warning: {w}" for w in est.warnings]
     if gpu_gib:
         lines += ["", f"on a {gpu_gib:g} GiB GPU: {est.verdict(gpu_gib)}"]
         if advice:

@@ -449,11 +449,23 @@ def test_cli_takes_a_bare_config_json_a_config_file_and_prints_advice(cli, tmp_p
     by_card = cli("estimate", "--model", "Llama-3.1-8B", "--method", "qlora", "--batch-size", "2", "--seq-len", "1024",
                   "--grad-ckpt", "--optim", "paged_adamw8bit", "--json")
     assert json.loads(r.stdout)["total_gib"] == json.loads(by_card.stdout)["total_gib"]
+    assert json.loads(r.stdout)["warnings"] == []
     run = tmp_path / "run.yaml"
     run.write_text("model: Llama-3.1-8B\nmethod: lora\ndata:\n  max_seq_len: 2048\ntrain:\n  batch_size: 8\n")
     r = cli("estimate", "--config", run, "--gpu-gib", "24", "train.grad_accum=2")
     assert r.returncode == 0, r.stderr
     assert "does not fit" in r.stdout and "train.batch_size=" in r.stdout and "allocator slack" in r.stdout
+
+
+def test_a_config_json_that_leaves_out_the_sizes_is_estimated_with_a_warning(cli, tmp_path):
+    """transformers' defaults fill what a config.json leaves out (hub configs leave out defaults), so
+    a config holding only model_type is estimated as LlamaConfig's 7B; the user is told."""
+    partial = tmp_path / "config.json"
+    partial.write_text(json.dumps({"model_type": "llama", "hidden_size": 576}))
+    r = cli("estimate", "--model", partial, "--method", "lora")
+    assert r.returncode == 0, r.stderr
+    assert (f"warning: {partial} gives no intermediate_size, num_hidden_layers, num_attention_heads, vocab_size: "
+            f"the defaults of transformers' llama config are counted") in r.stdout
 
 
 def test_cli_flags_alone_estimate_the_plain_step_and_a_config_the_runs_own_settings(cli, tmp_path):

@@ -2,6 +2,7 @@
 the chosen GPU, trainable parameters, and the cheapest changes that make the run fit."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import gradio as gr
@@ -87,6 +88,7 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
     color = {"fits": "#2e9e48", "tight": "#c27c0e", "does not fit": "#c9302c"}[verdict]
     shown = f"<b style='color:{color}'>{t(f'mem.{verdict}', lang)}</b>"
     summary = t("mem.total", lang, total=est.total_gib, gpu=gpu_name.split(':')[0], verdict=shown)
+    summary += "".join(f"  \n<small class='mem-warning'>{html.escape(n)}</small>" for n in est.warnings)
     share = 100 * est.trainable_params / max(est.total_params, 1)
     params = t("train.params_value", lang, trainable=est.trainable_params, total=est.total_params, share=share)
     rows, buttons = [], []
