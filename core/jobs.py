@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from core.runfiles import FINAL_STATES, RunDir, new_run_id
 from core.workspace import home, runs_dir
 
 ACTIVE = ("starting", "running")
+ADOPTABLE = ACTIVE + FINAL_STATES
 
 
 class JobError(WorkbenchError):
@@ -109,11 +112,9 @@ def submit(cfg: RunConfig, *, request_key: str | None = None) -> Job:
                     (run_id, cfg.name, str(run.root), cfg.model, cfg.method, last + 1, devices_for(cfg),
                      request_key, time.time()))
         except _Duplicate as dup:
-            import shutil
             shutil.rmtree(run.root, ignore_errors=True)
             return Job.from_row(dup.row)
         except BaseException:
-            import shutil
             shutil.rmtree(run.root, ignore_errors=True)
             raise
         return get(run_id, conn)
@@ -140,7 +141,44 @@ def get(job_id: str, conn=None) -> Job:
 
 
 def list_jobs() -> list[Job]:
+    adopt_unlisted()
     return [Job.from_row(r) for r in db.query("SELECT * FROM jobs ORDER BY created_at DESC")]
+
+
+def adopt_unlisted() -> None:
+    """Runs trained without the queue (`python -m core train` in this workspace) join the list when
+    seen, as the Library registers adapters on sight. Queued folders belong to submit(); a run taken
+    off the list keeps a mark in its status.json and stays off."""
+    if not runs_dir().is_dir():
+        return
+    known = {r["run_dir"] for r in db.query("SELECT run_dir FROM jobs")}
+    found = [run for run in map(RunDir, sorted(runs_dir().iterdir()))
+             if str(run.root) not in known and not run.id.startswith(".") and run.config.is_file()]
+    found = [(run, status) for run in found for status in [run.read_status()]
+             if status.get("state") in ADOPTABLE and not status.get("unlisted")]
+    if not found:
+        return
+    with db.transaction() as conn:
+        for run, status in found:
+            cfg = run.read_config()
+            conn.execute(
+                "INSERT OR IGNORE INTO jobs (id, name, run_dir, model, method, state, devices, pid, error, "
+                "created_at, started_at, finished_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_dir = ?)",
+                (run.id, cfg.get("name") or "", str(run.root), str(cfg.get("model") or ""),
+                 str(cfg.get("method") or "lora"), status["state"], _devices_of(cfg, status), status.get("pid"),
+                 status.get("error"), status.get("started_at") or run.config.stat().st_mtime,
+                 status.get("started_at"), status.get("finished_at"), str(run.root)))
+
+
+def _devices_of(cfg: dict, status: dict) -> str:
+    """The devices a run found running takes: the GPUs its config asks for, else the CPU."""
+    if status.get("device") != "cuda":
+        return "cpu"
+    try:
+        return devices_for(RunConfig.from_dict(cfg))
+    except WorkbenchError:
+        return "0"
 
 
 def queue() -> list[Job]:
@@ -168,19 +206,69 @@ def move(job_id: str, delta: int) -> None:
             conn.execute("UPDATE jobs SET position=? WHERE id=?", (pos, jid))
 
 
-def remove(job_id: str) -> None:
-    """Take a queued run off the queue (its folder goes with it)."""
-    import shutil
+def remove(job_id: str, *, delete_files: bool = False) -> None:
+    """Take a run off the list. A queued run's folder (only its config) goes with it. A finished run's
+    folder stays, its adapter still in the Library, unless delete_files asks for it to go too.
+    As the Library deletes: the folder leaves runs/ inside the transaction and comes back if it fails."""
+    trash = None
+    try:
+        with db.transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            folder = _removable(row, job_id, delete_files)
+            conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            if row["state"] != "queued" and not delete_files and folder.is_dir():
+                RunDir(folder).write_status(unlisted=True)      # or the next listing adopts it again
+            if row["state"] == "queued" or delete_files:
+                run = RunDir(folder)
+                conn.execute("DELETE FROM adapters WHERE path IN (?, ?)",
+                             (str(run.adapter.absolute()), str(run.model.absolute())))
+                trash = _to_trash(folder)
+    except BaseException:
+        if trash is not None and trash != folder and trash.exists() and not folder.exists():
+            os.rename(trash, folder)
+        raise
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
 
-    with db.transaction() as conn:
-        row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise JobError(f"no run '{job_id}'", field="run")
-        if row["state"] != "queued":
-            then = "; stop it first" if row["state"] in ACTIVE else ""
-            raise JobError(f"only a queued run can be removed; this one is {row['state']}{then}", field="run")
-        conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-    shutil.rmtree(row["run_dir"], ignore_errors=True)
+
+def _removable(row, job_id: str, delete_files: bool) -> Path:
+    if row is None:
+        raise JobError(f"no run '{job_id}'", field="run")
+    if row["state"] in ACTIVE:
+        raise JobError(f"a {row['state']} run cannot be removed; stop it first", field="run")
+    folder = Path(row["run_dir"])
+    if (row["state"] == "queued" or delete_files) and folder.exists() and not _inside(folder, runs_dir()):
+        raise JobError(f"its folder {folder} is outside the workspace's runs folder; remove the run without "
+                       f"deleting files, and delete that folder yourself", field="run")
+    return folder
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path.resolve().is_relative_to(parent.resolve())
+
+
+def _to_trash(folder: Path) -> Path:
+    """Move a run folder out of runs/ first, so the Library never registers it half-deleted."""
+    trash = home() / ".trash" / f"{folder.name}-{uuid.uuid4().hex[:8]}"
+    if not folder.exists():
+        return trash
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(folder, trash)
+    except OSError:          # another file system: delete it where it is
+        return folder
+    return trash
+
+
+def folder_missing(job: Job) -> bool:
+    """A run folder deleted by hand (a queued run's is caught when it would start)."""
+    return job.state != "queued" and not job.dir.root.exists()
+
+
+def _check_folder(job: Job) -> Job:
+    if folder_missing(job):
+        raise JobError(f"this run's folder {job.run_dir} was deleted; remove the run from the list", field="run")
+    return job
 
 
 def stop(job_id: str) -> Job:
@@ -193,7 +281,10 @@ def stop(job_id: str) -> Job:
     if job.state not in ACTIVE or not job.pid:
         raise JobError(f"run is {job.state}, not running", field="run")
     try:
-        os.killpg(job.pid, signal.SIGTERM)
+        if os.getpgid(job.pid) == job.pid:      # a worker the supervisor started leads its own group
+            os.killpg(job.pid, signal.SIGTERM)
+        else:                                   # one started by hand shares its shell's group
+            os.kill(job.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     return job
@@ -201,7 +292,7 @@ def stop(job_id: str) -> Job:
 
 def resume(job_id: str) -> Job:
     """Queue a stopped or failed run again; it continues from its newest checkpoint."""
-    job = get(job_id)
+    job = _check_folder(get(job_id))
     if job.state not in ("stopped", "failed"):
         raise JobError(f"only a stopped or failed run can be resumed (this one is {job.state})", field="run")
     if job.dir.newest_checkpoint() is None:
@@ -216,7 +307,7 @@ def resume(job_id: str) -> Job:
 
 def config_of(job_id: str) -> RunConfig:
     """The run's config, for re-running or cloning into the form (output_dir cleared)."""
-    cfg = RunConfig.load(get(job_id).dir.config)
+    cfg = RunConfig.load(_check_folder(get(job_id)).dir.config)
     cfg.output_dir = ""
     return cfg
 
@@ -234,20 +325,33 @@ def _set(job_id: str, **fields) -> None:
 
 # ---- the supervisor (one per workspace starts jobs) ----------------------------------------
 
-def pid_alive(pid: int | None, run_id: str | None = None) -> bool:
-    """True while the process exists and is not a zombie (and, when given, is this run's worker)."""
+def pid_alive(pid: int | None, run_id: str | None = None, log: Path | None = None) -> bool:
+    """True while the process exists and is not a zombie, and, when given, is this run's worker: its
+    command line names the run (as the supervisor starts it), or it writes the run's log (a run
+    started by hand, whose command line names only its config)."""
     if not pid:
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return False
-        if run_id is not None:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            return run_id in cmdline
-        return True
+        if run_id is None:
+            return True
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return run_id in cmdline or (log is not None and _writes(pid, log))
     except (OSError, IndexError):
         return False
+
+
+def _writes(pid: int, path: Path) -> bool:
+    target = str(path.absolute())
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == target:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class Supervisor:
@@ -288,7 +392,7 @@ class Supervisor:
     def _watch(self, job: Job) -> None:
         status = job.dir.read_status()
         child = self.children.get(job.id)
-        alive = child.poll() is None if child else pid_alive(job.pid, job.id)
+        alive = child.poll() is None if child else pid_alive(job.pid, job.id, job.dir.log)
         state = status.get("state")
         if alive:
             if state == "running" and job.state != "running":

@@ -44,6 +44,15 @@ class RunDir:
     def read_status(self) -> dict:
         return read_json(self.status, default={}) or {}
 
+    def read_config(self) -> dict:
+        """config.yaml as saved, or {} when it cannot be read (the Runs view shows what it can)."""
+        import yaml
+        try:
+            cfg = yaml.safe_load(self.config.read_text())
+        except (OSError, ValueError):
+            return {}
+        return cfg if isinstance(cfg, dict) else {}
+
     def write_status(self, **fields) -> dict:
         status = self.read_status()
         status.update(fields, updated_at=time.time())

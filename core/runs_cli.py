@@ -21,11 +21,16 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_submit)
     for name, fn, text in (("stop", jobs.stop, "stop a run (checkpoint, then stop)"),
                            ("resume", jobs.resume, "queue a stopped run again from its newest checkpoint"),
-                           ("rerun", jobs.rerun, "queue a new run with the same config"),
-                           ("remove", jobs.remove, "take a queued run off the queue")):
+                           ("rerun", jobs.rerun, "queue a new run with the same config")):
         q = runs.add_parser(name, help=text)
         q.add_argument("run_id")
         q.set_defaults(func=lambda args, fn=fn: _print(fn(args.run_id)))
+    q = runs.add_parser("remove", help="take a run off the list (a queued one leaves the queue); "
+                                       "a finished run's folder is kept unless --delete-files")
+    q.add_argument("run_id")
+    q.add_argument("--delete-files", action="store_true",
+                   help="also delete the run's folder: its adapter, checkpoints and log")
+    q.set_defaults(func=cmd_remove)
     q = runs.add_parser("move", help="move a queued run up (negative) or down the queue")
     q.add_argument("run_id")
     q.add_argument("delta", type=int)
@@ -45,12 +50,22 @@ def _print(result) -> int:
 def cmd_list(args) -> int:
     rows = jobs.list_jobs()
     if args.json:
-        print(json.dumps([j.__dict__ for j in rows], indent=2, default=str))
+        print(json.dumps([{**j.__dict__, "folder_missing": jobs.folder_missing(j)} for j in rows], indent=2,
+                         default=str))
         return 0
     for j in rows:
         status = j.dir.read_status()
         step = f"{status.get('step', 0)}/{status.get('total_steps') or '?'}"
-        print(f"{j.id:48} {j.state:10} {step:>10} {j.method:6} {j.model}")
+        missing = "  (folder deleted)" if jobs.folder_missing(j) else ""
+        print(f"{j.id:48} {j.state:10} {step:>10} {j.method:6} {j.model}{missing}")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    job = jobs.get(args.run_id)
+    jobs.remove(job.id, delete_files=args.delete_files)
+    kept = job.state != "queued" and not args.delete_files and job.dir.root.exists()
+    print(f"{job.id} removed" + (f"; its folder is kept: {job.run_dir}" if kept else ""))
     return 0
 
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import time
 
-from core.jobs import Job, list_jobs, queue_position
-from core.runfiles import RunDir
+from core.jobs import Job, folder_missing, list_jobs, queue_position
 
 
 def summary(job: Job) -> dict:
@@ -22,7 +21,7 @@ def summary(job: Job) -> dict:
         "final_loss": losses[-1] if losses else None, "error": job.error or status.get("error"),
         "queue_position": queue_position(job.id) if job.state == "queued" else None,
         "peak_mem_gib": status.get("peak_mem_gib"), "mem_device": status.get("mem_device"),
-        "estimate_gib": status.get("estimate_gib"),
+        "estimate_gib": status.get("estimate_gib"), "folder_missing": folder_missing(job),
     }
 
 
@@ -64,11 +63,3 @@ def format_duration(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def run_config_dict(run: RunDir) -> dict:
-    import yaml
-    try:
-        return yaml.safe_load(run.config.read_text()) or {}
-    except (OSError, ValueError):
-        return {}

@@ -251,7 +251,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     log.info("run %s: %s on %s, %s, %s batches, %s loss, trainable %d of %d parameters (%.3f%%)", run_dir.id,
              cfg.method, cfg.model, precision.label, batching_label(cfg), loss_path, trainable, total,
              100 * trainable / max(total, 1))
-    run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(),
+    run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(), unlisted=None,
                          trainable_params=trainable, total_params=total, precision=precision.label,
                          batching=batching_label(cfg), loss_path=loss_path,
                          device=device_kind(), rows=data.rows, dropped=len(data.dropped),

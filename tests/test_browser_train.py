@@ -45,8 +45,11 @@ def test_memory_panel_explains_and_fixes_a_run_that_does_not_fit(page):
 
 
 def test_a_bad_field_is_refused_with_its_name(page):
+    """Each step waits for the form to show the last one, so the preset cannot land after the rank."""
     pick(page, "preset", "demo")
+    page.wait_for_function("() => document.querySelector('#field-name input, #field-name textarea').value == 'demo'")
     set_field(page, "field-lora-rank", 0)
+    page.wait_for_selector("#mem-summary >> text=too small")
     page.locator("#start").click()
     message = page.locator("#train-message")
     message.get_by_text("Rank", exact=True).wait_for()
@@ -94,7 +97,7 @@ def test_a_run_queued_elsewhere_clones_into_the_form_without_errors(page, tiny_m
     assert "mine.jsonl" in page.locator("#datasets").inner_text()
 
 
-def test_what_the_form_cannot_train_is_refused_in_words(page, tiny_model):
+def test_what_the_form_cannot_train_is_refused_in_words(page, tiny_model, tmp_path):
     """The form as the last test left it: its Training group open."""
     open_tab(page, "Train")
     set_field(page, "field-train-batch_size", 2.5)
@@ -107,6 +110,11 @@ def test_what_the_form_cannot_train_is_refused_in_words(page, tiny_model):
     page.wait_for_function("() => document.querySelector('#mem-summary').innerText.includes('GiB')")
     page.locator("#start").click()
     page.wait_for_selector("#train-message >> text=configuration file")
+    partial = tmp_path / "config.json"
+    partial.write_text('{"model_type": "llama"}')
+    page.locator("#field-model input").fill(str(partial))
+    page.locator("#field-model input").press("Enter")
+    page.wait_for_selector("#mem-summary >> text=the estimate may be far off")
     set_field(page, "mem-gpus", 0)
     page.wait_for_function("() => document.querySelector('#mem-summary').innerText.includes('at least 1')")
     assert page.locator(".toast-body").count() == 0              # no generic error toast from gradio
@@ -134,3 +142,25 @@ def test_deleting_an_adapter_twice_deletes_nothing_else(page):
     page.locator("#lib-delete").click()
     page.wait_for_selector("#lib-message >> text=Pick an adapter first")
     assert "other" in page.locator("#lib-table").inner_text()
+
+
+def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
+    """'elsewhere', queued from the command line two tests ago, has run by now."""
+    import shutil
+    runs = WORKSPACE["path"] / "runs"
+    open_tab(page, "Runs")
+    pick(page, "run-select", "elsewhere")
+    page.wait_for_selector("#run-progress[data-state='completed'] >> text=elsewhere", timeout=180_000)
+    shutil.rmtree(next(runs.glob("elsewhere-*")))
+    page.wait_for_function("() => document.querySelector('#runs-table').textContent.includes('folder deleted')")
+    page.wait_for_selector("#run-progress-box >> text=was deleted")
+    page.locator("#run-rerun").click()
+    page.wait_for_selector("#runs-message >> text=remove the run from the list")
+    page.locator("#run-remove").click()
+    page.wait_for_selector("#runs-message >> text=Removed elsewhere")
+    pick(page, "run-select", "twice")
+    page.locator("#run-delete-files input").check()
+    page.locator("#run-remove").click()
+    page.wait_for_selector("#runs-message >> text=and its files")
+    assert not list(runs.glob("twice-*")) and not page.locator("#run-delete-files input").is_checked()
+    page.wait_for_function("() => !document.querySelector('#runs-table').textContent.includes('twice')")

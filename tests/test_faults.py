@@ -33,7 +33,7 @@ def test_differing_settings_lists_only_what_differs_in_run_order(tiny_model, wor
     a = jobs.submit(cfg(tiny_model, "a", lora={"rank": 8}))
     b = jobs.submit(cfg(tiny_model, "b", lora={"rank": 32}))
     c = jobs.submit(cfg(tiny_model, "c", lora={"rank": 8}, train={"learning_rate": 1e-3}))
-    configs = {j.name: runview.run_config_dict(j.dir) for j in (a, b, c)}
+    configs = {j.name: j.dir.read_config() for j in (a, b, c)}
     assert len({c["output_dir"] for c in configs.values()}) == 3
     diffs = runview.differing_settings(configs)
     assert diffs == {"lora.rank": [8, 32, 8], "train.learning_rate": [2e-4, 2e-4, 1e-3]}

@@ -160,10 +160,12 @@ def test_queue_actions_on_a_run_in_the_wrong_state_or_none_say_which(tiny_model,
     with pytest.raises(WorkbenchError, match="no run 'nope'"):
         jobs.move("nope", 1)
     jobs.stop(job.id)                                  # a queued run stops at once
-    with pytest.raises(WorkbenchError, match=r"this one is stopped$"):
-        jobs.remove(job.id)
     with pytest.raises(WorkbenchError, match="this one is stopped"):
         jobs.move(job.id, -1)
+    jobs._set(job.id, state="running")
+    with pytest.raises(WorkbenchError, match="a running run cannot be removed; stop it first"):
+        jobs.remove(job.id)
+    assert jobs.get(job.id) and job.dir.root.exists()
 
 
 def test_a_rerun_asked_twice_with_one_request_key_queues_one_run(tiny_model, workspace):
@@ -171,3 +173,70 @@ def test_a_rerun_asked_twice_with_one_request_key_queues_one_run(tiny_model, wor
     first, second = jobs.rerun(job.id, request_key="k"), jobs.rerun(job.id, request_key="k")
     assert first.id == second.id != job.id and len(jobs.list_jobs()) == 2
     assert jobs.rerun(job.id).id not in (first.id, job.id)
+
+
+def test_a_finished_run_leaves_the_list_and_keeps_its_folder_unless_its_files_are_deleted(tiny_model, workspace,
+                                                                                         cli):
+    from core import library
+    kept, gone = jobs.submit(cfg(tiny_model, name="kept")), jobs.submit(cfg(tiny_model, name="gone"))
+    sup = jobs.Supervisor()
+    until(lambda: state(kept.id) == state(gone.id) == "completed", timeout=180, sup=sup)
+    sup.release()
+    library.sync()
+    jobs.remove(kept.id)
+    assert [j.id for j in jobs.list_jobs()] == [gone.id]
+    library.sync()
+    assert (kept.dir.adapter / "adapter_model.safetensors").is_file()
+    assert str(kept.dir.adapter.absolute()) in [a.path for a in library.list_adapters()]
+    done = cli("--workspace", workspace, "runs", "remove", gone.id, "--delete-files")
+    assert done.returncode == 0 and done.stdout.strip() == f"{gone.id} removed", done.stderr
+    assert jobs.list_jobs() == [] and not gone.dir.root.exists()
+    assert not any((workspace / ".trash").iterdir())
+    assert [a.run_id for a in library.list_adapters()] == [kept.id]
+    missing = cli("--workspace", workspace, "runs", "remove", gone.id)
+    assert missing.returncode != 0 and f"no run '{gone.id}'" in missing.stderr
+
+
+def test_a_run_folder_deleted_by_hand_is_flagged_and_can_only_be_removed(tiny_model, workspace, cli):
+    import shutil
+    from core import runview
+    job = jobs.submit(cfg(tiny_model))
+    jobs.stop(job.id)
+    assert not runview.summary(jobs.get(job.id))["folder_missing"]
+    shutil.rmtree(job.dir.root)
+    assert runview.summary(jobs.get(job.id))["folder_missing"]
+    assert "(folder deleted)" in cli("--workspace", workspace, "runs", "list").stdout
+    for action in (jobs.resume, jobs.rerun, jobs.config_of):
+        with pytest.raises(WorkbenchError, match="folder .* was deleted; remove the run from the list"):
+            action(job.id)
+    assert len(jobs.list_jobs()) == 1
+    jobs.remove(job.id)
+    assert jobs.list_jobs() == []
+
+
+def test_a_run_started_by_hand_joins_the_list_can_be_stopped_and_stays_off_once_removed(tiny_model, workspace,
+                                                                                       tmp_path):
+    """`python -m core train` in the workspace, from a shell (it shares the shell's process group, and
+    its command line names only its config): the list shows it, the supervisor sees it alive through
+    the log it writes, and Stop reaches it."""
+    config = tmp_path / "run.yaml"
+    cfg(tiny_model, steps=300, name="by-hand").save(config)
+    worker = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sup = jobs.Supervisor()
+    try:
+        until(lambda: [j.state for j in jobs.list_jobs()] == ["running"], timeout=180, sup=sup)
+        job = jobs.list_jobs()[0]
+        assert job.name == "by-hand" and job.pid == worker.pid and job.dir.root.parent == workspace / "runs"
+        until(lambda: job.dir.read_status().get("step", 0) >= 2, sup=sup)
+        sup.tick()
+        assert state(job.id) == "running"
+        jobs.stop(job.id)
+        assert worker.wait(timeout=120) == 143
+        until(lambda: state(job.id) == "stopped", sup=sup)
+    finally:
+        worker.kill()
+        sup.release()
+    assert job.dir.newest_checkpoint() is not None
+    jobs.remove(job.id)
+    assert jobs.list_jobs() == [] and job.dir.root.is_dir()

@@ -23,6 +23,8 @@ def table(lang: str) -> pd.DataFrame:
     rows = []
     for s in runview.summaries():
         state = t(f"state.{s['state']}", lang)
+        if s["folder_missing"]:
+            state += f" · {t('runs.folder_missing', lang)}"
         if s["queue_position"]:
             state += f" #{s['queue_position']}"
         total = s["total_steps"]
@@ -41,6 +43,8 @@ def progress_html(job: jobs.Job, lang: str) -> str:
     step = f"{s['step']}/{s['total_steps']}" if s["total_steps"] else ""
     color = {"failed": "#d9534f", "stopped": "#f0ad4e", "completed": "#5cb85c"}.get(job.state, "#4f6bed")
     error = f"<pre class='run-error'>{html.escape(s['error'])}</pre>" if s["error"] and job.state == "failed" else ""
+    if s["folder_missing"]:
+        error += f"<div class='run-missing'>{html.escape(t('runs.folder_missing_note', lang, path=job.run_dir))}</div>"
     return (f"<div id='run-progress' data-state='{job.state}' data-step='{s['step']}'>"
             f"<b>{html.escape(s['name'])}</b> · {t('state.' + job.state, lang)} {step}{eta}"
             f"<div style='background:#eee;border-radius:4px;height:12px;margin-top:4px'>"
@@ -72,6 +76,9 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", elem_id=f"run-{key}"),
                                f"runs.{key}", "value")
                    for key in ("stop", "resume", "rerun", "clone", "remove", "up", "down")}
+    delete_files = tr.add(gr.Checkbox(False, label=t("runs.delete_files", lang), elem_id="run-delete-files"),
+                          "runs.delete_files")
+    buttons["delete_files"] = delete_files
     action_msg = gr.Markdown(elem_id="runs-message")
     progress = gr.HTML(elem_id="run-progress-box")
     chart = gr.Plot(elem_id="run-chart", show_label=False)
@@ -111,7 +118,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         jobs_by_id = {i: jobs.get(i) for i in ids}
         names = {i: j.name or i for i, j in jobs_by_id.items()}
         curves = {names[i]: j.dir.read_metrics() for i, j in jobs_by_id.items()}
-        diffs = runview.differing_settings({names[i]: runview.run_config_dict(j.dir) for i, j in jobs_by_id.items()})
+        diffs = runview.differing_settings({names[i]: j.dir.read_config() for i, j in jobs_by_id.items()})
         frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()], columns=["setting", *curves.keys()])
         return compare_figure(curves, lang), frame
 
@@ -134,9 +141,25 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             return t("runs.done", lang, what=t(f"runs.{label}", lang), id=shown)
         return handler
 
-    for key, fn in (("stop", jobs.stop), ("resume", jobs.resume), ("remove", jobs.remove),
+    for key, fn in (("stop", jobs.stop), ("resume", jobs.resume),
                     ("up", lambda i: jobs.move(i, -1)), ("down", lambda i: jobs.move(i, 1))):
         buttons[key].click(act(fn, key), [run_select, lang_state], action_msg)
+
+    def remove(run_id, delete_files, lang):
+        """Says whether the folder stayed; the box is cleared so the next removal asks again."""
+        if not run_id:
+            return t("runs.no_run", lang), gr.skip()
+        try:
+            job = jobs.get(run_id)
+            jobs.remove(run_id, delete_files=delete_files)
+        except WorkbenchError as e:
+            return t("error", lang, error=str(e)), gr.skip()
+        if job.state == "queued" or delete_files or not job.dir.root.exists():
+            return t("runs.removed", lang, id=run_id), False
+        return t("runs.removed_kept", lang, id=run_id, path=job.run_dir), False
+
+    buttons["remove"].click(remove, [run_select, buttons["delete_files"], lang_state],
+                            [action_msg, buttons["delete_files"]])
 
     def rerun(run_id, lang, key):
         """One new run per click, however fast the clicks come (as Start does)."""
