@@ -318,10 +318,12 @@ def _hub_arch(repo: str) -> Arch:
     try:
         from huggingface_hub import constants, hf_hub_download
 
+        from core.models import hub_reachable
+
         try:
             path = hf_hub_download(repo, "config.json", local_files_only=True)
         except Exception:
-            if constants.is_offline_mode() or not _hub_reachable(constants.ENDPOINT):
+            if constants.is_offline_mode() or not hub_reachable(constants.ENDPOINT):
                 raise ConnectionError("offline") from None
             path = hf_hub_download(repo, "config.json")
     except Exception as e:                  # offline, unreachable, gated, missing: all end the same way
@@ -331,21 +333,6 @@ def _hub_arch(repo: str) -> Arch:
         raise ModelError(f"cannot read the configuration of '{repo}': {_reason(e)}, and no shipped card "
                          f"matches it; pass a model folder or a path to its config.json", field="model") from None
     return read_config_file(Path(path), name=repo)
-
-
-@lru_cache(maxsize=4)
-def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """One quick connection to the hub: the download client would otherwise retry for half a minute."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _reason(err: Exception) -> str:

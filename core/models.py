@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from core.config import EMBEDDED_MODEL
@@ -55,9 +56,41 @@ def resolve(name: str, *, field: str = "model") -> ResolvedModel:
     if is_embedded(name):
         return ResolvedModel(str(embedded_model_dir()), "embedded", name)
     if HUB_ID.match(name) and not path.exists():
+        check_downloadable(name, field)
         return ResolvedModel(name, "hub", name)
     raise ModelError(f"model '{name}' not found: it is not a local folder, not a .gguf file, not the "
                      f"embedded '{EMBEDDED_MODEL}', and not a hub id of the form owner/name", field=field)
+
+
+def check_downloadable(repo: str, field: str = "model") -> None:
+    """A hub model that is neither cached nor reachable fails in seconds, in words: the download
+    client would retry for most of a minute before its own error."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    if constants.is_offline_mode():
+        raise ModelError(f"cannot download '{repo}': it is not in the local Hugging Face cache, and downloads "
+                         f"are switched off (HF_HUB_OFFLINE)", field=field)
+    if not hub_reachable(constants.ENDPOINT):
+        raise ModelError(f"cannot download '{repo}': the Hugging Face Hub ({constants.ENDPOINT}) cannot be "
+                         f"reached, and the model is not in the local cache", field=field,
+                         hint="check the network, or pick a local folder")
+
+
+@lru_cache(maxsize=4)
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One quick connection to the hub (answers are kept for the process's life)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def check_trainable(name: str, *, field: str = "model") -> None:

@@ -154,15 +154,20 @@ def test_bad_config_exits_2_with_the_field_and_line_and_writes_nothing(tmp_path,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("model,words", [
-    ("/no/such/folder", "not found"),
-    ("someone/surely-missing-model-xyz", "cannot download"),
+HUB_DOWN = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}     # nothing listens on port 9
+
+
+@pytest.mark.parametrize("model,words,env", [
+    ("/no/such/folder", "not found", {}),
+    ("someone/surely-missing-model-xyz", "downloads are switched off (HF_HUB_OFFLINE)", {}),
+    ("someone/surely-missing-model-xyz", "Hub (http://127.0.0.1:9) cannot be reached", HUB_DOWN),
 ])
-def test_missing_model_is_a_clear_error(tmp_path, cli, model, words, workspace):
+def test_missing_model_is_a_clear_error(tmp_path, cli, model, words, env, workspace):
+    """A hub model that cannot be fetched is told at once, not after the download client's retries."""
     path = tmp_path / "c.yaml"
     out = tmp_path / "never"
     path.write_text(f"model: {model}\noutput_dir: {out}\ndatasets: [{DATA / 'general.json'}]\n")
-    res = cli("train", "--config", path)
+    res = cli("train", "--config", path, env={**env, "HF_HOME": str(tmp_path / "hf")})
     assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
 
