@@ -200,16 +200,34 @@ def prepare_run_dir(cfg: RunConfig, run: RunDir, resume: bool) -> Path | None:
     return None
 
 
+@dataclass
+class Prepared:
+    """What a run needs before its folder is written: all of it checked, none of it on disk yet."""
+    checkpoint: Path | None
+    strategy: str
+    resolved: models.ResolvedModel
+    tokenizer: object
+    data: datamod.TrainingData
+    precision: Precision
+    model: torch.nn.Module
+    loss_path: str
+
+
 def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     """Train one run to its adapter. WorkbenchError before training starts; RunFailed after."""
-    from transformers import PrinterCallback
-
-    from core.trainer import WorkbenchTrainer
-
     stop = StopRequest()
     stop.install()
     distributed.bind_device()
     run_dir = run_dir_for(cfg.output_dir, cfg.name or Path(cfg.model).name)
+    ready = prepare(cfg, run_dir, resume)
+    open_run_dir(cfg, run_dir, resume)
+    estimate = record_start(cfg, run_dir, ready)
+    return fit(cfg, run_dir, ready, stop, estimate)
+
+
+def prepare(cfg: RunConfig, run_dir: RunDir, resume: bool) -> Prepared:
+    """Model, tokenizer and data, loaded and checked. A run folder that already exists (resume, or
+    the queue's) is told how it ended; a new one is not created for a refusal."""
     existed = run_dir.root.exists()
     setup_logging(run_dir if existed else None)
     try:
@@ -236,7 +254,10 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         if existed:
             run_dir.write_status(state="stopped", error=None, finished_at=time.time())
         raise
+    return Prepared(ckpt, strategy, resolved, tokenizer, data, precision, model, loss_path)
 
+
+def open_run_dir(cfg: RunConfig, run_dir: RunDir, resume: bool) -> None:
     cfg.output_dir = str(run_dir.root)
     try:
         run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -246,27 +267,41 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
                           field="output_dir") from None
     if not resume and distributed.is_main():
         cfg.save(run_dir.config)
-    trainable, total = count_parameters(model)
+
+
+def record_start(cfg: RunConfig, run_dir: RunDir, ready: Prepared) -> dict | None:
+    """The run's facts in status.json and the log; returns the memory estimate recorded."""
+    trainable, total = count_parameters(ready.model)
     estimate = estimate_or_none(cfg)
+    batching = batching_label(cfg)
     log.info("run %s: %s on %s, %s, %s batches, %s loss, trainable %d of %d parameters (%.3f%%)", run_dir.id,
-             cfg.method, cfg.model, precision.label, batching_label(cfg), loss_path, trainable, total,
+             cfg.method, cfg.model, ready.precision.label, batching, ready.loss_path, trainable, total,
              100 * trainable / max(total, 1))
     run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(), unlisted=None,
-                         trainable_params=trainable, total_params=total, precision=precision.label,
-                         batching=batching_label(cfg), loss_path=loss_path,
-                         device=device_kind(), rows=data.rows, dropped=len(data.dropped),
-                         processes=distributed.world_size(), strategy=strategy,
+                         trainable_params=trainable, total_params=total, precision=ready.precision.label,
+                         batching=batching, loss_path=ready.loss_path,
+                         device=device_kind(), rows=ready.data.rows, dropped=len(ready.data.dropped),
+                         processes=distributed.world_size(), strategy=ready.strategy,
                          estimate_gib=(estimate or {}).get("total_gib"))
-    collator = FlattenCollator() if flattened(cfg) else PadCollator(tokenizer.pad_token_id)
+    return estimate
+
+
+def fit(cfg: RunConfig, run_dir: RunDir, ready: Prepared, stop: StopRequest, estimate: dict | None) -> RunDir:
+    from transformers import PrinterCallback
+
+    from core.trainer import WorkbenchTrainer
+
+    data, collator = ready.data, FlattenCollator() if flattened(cfg) else PadCollator(ready.tokenizer.pad_token_id)
     started = time.time()
     try:
         # The Trainer moves the model to the GPU: an out-of-memory can already happen here.
-        trainer = WorkbenchTrainer(model=model, args=training_arguments(cfg, run_dir, precision, bool(data.eval)),
-                                   train_dataset=data.train, eval_dataset=data.eval or None, data_collator=collator,
-                                   processing_class=tokenizer, callbacks=[ProgressCallback(run_dir, stop)],
+        trainer = WorkbenchTrainer(model=ready.model, data_collator=collator, processing_class=ready.tokenizer,
+                                   args=training_arguments(cfg, run_dir, ready.precision, bool(data.eval)),
+                                   train_dataset=data.train, eval_dataset=data.eval or None,
+                                   callbacks=[ProgressCallback(run_dir, stop)],
                                    length_grouped=not flattened(cfg) and cfg.train.batch_size > 1)
         trainer.remove_callback(PrinterCallback)
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        result = trainer.train(resume_from_checkpoint=str(ready.checkpoint) if ready.checkpoint else None)
         if distributed.any_rank(stop.requested):   # every rank must take the same branch (collectives follow)
             run_dir.write_status(state="stopped", step=trainer.state.global_step, finished_at=time.time(), eta_s=None,
                                  checkpoint=str(run_dir.newest_checkpoint() or ""))
@@ -275,8 +310,8 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
         final_eval = trainer.evaluate() if data.eval else {}
         state_dict = distributed.full_state_dict(trainer)
         if distributed.is_main():
-            save_result(cfg, run_dir, trainer, tokenizer, resolved, result, final_eval, data, started, estimate,
-                        state_dict)
+            save_result(cfg, run_dir, trainer, ready.tokenizer, ready.resolved, result, final_eval, data, started,
+                        estimate, state_dict)
     except Exception as e:
         if is_out_of_memory(e):
             raise out_of_memory_failure(cfg, run_dir) from None
