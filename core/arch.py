@@ -18,7 +18,9 @@ CARDS_DIR = Path(__file__).resolve().parent.parent / "presets" / "models"
 QK_NORM_TYPES = {"qwen3", "gemma3", "gemma3_text", "olmo2"}
 GEMMA_TYPES = {"gemma", "gemma2", "gemma3", "gemma3_text"}
 BIASED_QKV_TYPES = {"qwen2"}            # modelling code always gives q, k and v a bias
-SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+# Every real config names these; hub configs may leave out heads and vocabulary where they equal the
+# defaults (Gemma 3's text_config), so only these three missing make the estimate doubtful.
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -126,7 +128,7 @@ def from_config(config: dict, *, name: str = "", source: str = "") -> Arch:
     if not isinstance(config, dict):
         raise ModelError(f"{source or name}: a config.json must hold a JSON object", file=source or None)
     raw_text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    defaulted = tuple(k for k in SIZE_KEYS if k not in raw_text)
+    defaulted = tuple(k for k in SHAPE_KEYS if k not in raw_text)
     config = _with_defaults(config)
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     model_type = str(config.get("model_type") or text.get("model_type") or "")

@@ -53,11 +53,12 @@ class DatasetInfo:
         return asdict(self)
 
 
-def _clean(text: str) -> str:
-    """Letters and digits of any script, '-', '_' and '.'; anything else becomes '_'."""
+def _clean(text: str, *, squeeze: bool = True) -> str:
+    """Letters and digits of any script, '-', '_' and '.'; anything else becomes '_' (runs of '_'
+    squeezed to one, unless asked not to)."""
     text = unicodedata.normalize("NFC", text)
     text = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-    return re.sub(r"_{2,}", "_", text)
+    return re.sub(r"_{2,}", "_", text) if squeeze else text
 
 
 def safe_filename(name: str) -> str:
@@ -81,10 +82,10 @@ def clean_dataset_name(text: str) -> str:
 
 def dataset_name(name: str) -> str:
     """A name the user typed, refused in words when it is not one a folder can safely hold (as adapter
-    names are), rather than changed behind their back."""
-    name = str(name).strip()
+    names are), rather than changed behind their back. Accents typed either way are stored as one."""
+    name = unicodedata.normalize("NFC", str(name).strip())
     clean = clean_dataset_name(name)
-    if clean == name:
+    if _clean(name, squeeze=False).strip("._-") == name and len(name) <= NAME_MAX:
         return name
     if len(name) > NAME_MAX:
         raise DataError(f"dataset name '{name[:NAME_MAX]}...' is longer than {NAME_MAX} characters", field="name")

@@ -80,6 +80,18 @@ def cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def occupied() -> str:
+    """The device set this process trains on, in the jobs table's terms: 'cpu', or the CUDA ids the
+    machine knows them by (a run started by hand may have narrowed them with CUDA_VISIBLE_DEVICES)."""
+    import os
+
+    count = cuda_count()
+    if not count:
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return visible if visible else ",".join(str(i) for i in range(count))
+
+
 def gpus_for_estimate(spec: str, nodes: int, cuda_count: int) -> int:
     """GPUs a run spreads over, for the memory estimate (FSDP shards across all of them)."""
     if check(spec):

@@ -147,38 +147,49 @@ def list_jobs() -> list[Job]:
 
 def adopt_unlisted() -> None:
     """Runs trained without the queue (`python -m core train` in this workspace) join the list when
-    seen, as the Library registers adapters on sight. Queued folders belong to submit(); a run taken
-    off the list keeps a mark in its status.json and stays off."""
+    seen, as the Library registers adapters on sight, and a listed run resumed by hand shows as running
+    again. Queued folders belong to submit(); a run taken off the list keeps a mark in its status.json
+    and stays off."""
     if not runs_dir().is_dir():
         return
-    known = {r["run_dir"] for r in db.query("SELECT run_dir FROM jobs")}
-    found = [run for run in map(RunDir, sorted(runs_dir().iterdir()))
-             if str(run.root) not in known and not run.id.startswith(".") and run.config.is_file()]
-    found = [(run, status) for run in found for status in [run.read_status()]
-             if status.get("state") in ADOPTABLE and not status.get("unlisted")]
-    if not found:
-        return
-    with db.transaction() as conn:
-        for run, status in found:
-            cfg = run.read_config()
-            conn.execute(
-                "INSERT OR IGNORE INTO jobs (id, name, run_dir, model, method, state, devices, pid, error, "
-                "created_at, started_at, finished_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-                "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE run_dir = ?)",
-                (run.id, cfg.get("name") or "", str(run.root), str(cfg.get("model") or ""),
-                 str(cfg.get("method") or "lora"), status["state"], _devices_of(cfg, status), status.get("pid"),
-                 status.get("error"), status.get("started_at") or run.config.stat().st_mtime,
-                 status.get("started_at"), status.get("finished_at"), str(run.root)))
+    rows = {r["id"]: r for r in db.query("SELECT id, run_dir, state, finished_at FROM jobs")}
+    known = set(rows) | {r["run_dir"] for r in rows.values()}
+    found, revived = [], []
+    for run in map(RunDir, sorted(runs_dir().iterdir())):
+        if run.id.startswith("."):
+            continue
+        if run.id in known or str(run.root) in known:
+            row = rows.get(run.id)
+            if row and row["state"] in FINAL_STATES and _resumed_by_hand(run, row):
+                revived.append(run)
+            continue
+        status = run.read_status()
+        if status.get("state") in ADOPTABLE and not status.get("unlisted") and run.config.is_file():
+            found.append(_adopted_row(run, status))
+    if found or revived:
+        with db.transaction() as conn:
+            for values in found:
+                conn.execute("INSERT OR IGNORE INTO jobs (id, name, run_dir, model, method, state, devices, pid, "
+                             "error, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             values)
+            for run in revived:
+                status = run.read_status()
+                conn.execute("UPDATE jobs SET state=?, pid=?, error=NULL, finished_at=NULL WHERE id=?",
+                             (status["state"], status.get("pid"), run.id))
 
 
-def _devices_of(cfg: dict, status: dict) -> str:
-    """The devices a run found running takes: the GPUs its config asks for, else the CPU."""
-    if status.get("device") != "cuda":
-        return "cpu"
-    try:
-        return devices_for(RunConfig.from_dict(cfg))
-    except WorkbenchError:
-        return "0"
+def _resumed_by_hand(run: RunDir, row: dict) -> bool:
+    status = run.read_status()
+    return (status.get("state") in ACTIVE and status.get("updated_at", 0) > (row["finished_at"] or 0)
+            and pid_alive(status.get("pid"), run.id, run.log))
+
+
+def _adopted_row(run: RunDir, status: dict) -> tuple:
+    cfg = run.read_config()
+    return (run.id, cfg.get("name") or "", str(run.root), str(cfg.get("model") or ""), str(cfg.get("method") or "lora"),
+            status["state"], status.get("device_set") or "cpu", status.get("pid"), status.get("error"),
+            status.get("started_at") or status.get("updated_at") or time.time(), status.get("started_at"),
+            status.get("finished_at"))
 
 
 def queue() -> list[Job]:
@@ -206,29 +217,39 @@ def move(job_id: str, delta: int) -> None:
             conn.execute("UPDATE jobs SET position=? WHERE id=?", (pos, jid))
 
 
-def remove(job_id: str, *, delete_files: bool = False) -> None:
-    """Take a run off the list. A queued run's folder (only its config) goes with it. A finished run's
-    folder stays, its adapter still in the Library, unless delete_files asks for it to go too.
-    As the Library deletes: the folder leaves runs/ inside the transaction and comes back if it fails."""
-    trash = None
+def remove(job_id: str, *, delete_files: bool = False) -> str:
+    """Take a run off the list. A queued run's folder (only its config) goes with it. A run that has
+    trained (finished, or queued again to resume) keeps its folder, its adapter still in the Library,
+    unless delete_files asks for it to go too. As the Library deletes: the folder is moved aside inside
+    the transaction and comes back if the transaction fails. Returns what became of the folder:
+    "deleted", "kept", or "missing" (it was gone already)."""
+    trash, outcome = None, "missing"
     try:
         with db.transaction() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             folder = _removable(row, job_id, delete_files)
             conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-            if row["state"] != "queued" and not delete_files and folder.is_dir():
-                RunDir(folder).write_status(unlisted=True)      # or the next listing adopts it again
-            if row["state"] == "queued" or delete_files:
-                run = RunDir(folder)
+            run = RunDir(folder)
+            if folder.is_dir():       # or the next listing adopts it again, maybe half deleted
+                run.write_status(unlisted=True, **({"state": "stopped"} if row["state"] == "queued" else {}))
+                outcome = "kept"
+            if _discards(row, delete_files):
                 conn.execute("DELETE FROM adapters WHERE path IN (?, ?)",
                              (str(run.adapter.absolute()), str(run.model.absolute())))
                 trash = _to_trash(folder)
+                outcome = "deleted" if outcome == "kept" else outcome
     except BaseException:
         if trash is not None and trash != folder and trash.exists() and not folder.exists():
             os.rename(trash, folder)
         raise
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+    return outcome
+
+
+def _discards(row, delete_files: bool) -> bool:
+    """Whether removing the run deletes its folder: asked for, or a queued run that never trained."""
+    return delete_files or (row["state"] == "queued" and not row["resume"])
 
 
 def _removable(row, job_id: str, delete_files: bool) -> Path:
@@ -237,7 +258,7 @@ def _removable(row, job_id: str, delete_files: bool) -> Path:
     if row["state"] in ACTIVE:
         raise JobError(f"a {row['state']} run cannot be removed; stop it first", field="run")
     folder = Path(row["run_dir"])
-    if (row["state"] == "queued" or delete_files) and folder.exists() and not _inside(folder, runs_dir()):
+    if _discards(row, delete_files) and folder.exists() and not _inside(folder, runs_dir()):
         raise JobError(f"its folder {folder} is outside the workspace's runs folder; remove the run without "
                        f"deleting files, and delete that folder yourself", field="run")
     return folder
@@ -248,14 +269,15 @@ def _inside(path: Path, parent: Path) -> bool:
 
 
 def _to_trash(folder: Path) -> Path:
-    """Move a run folder out of runs/ first, so the Library never registers it half-deleted."""
-    trash = home() / ".trash" / f"{folder.name}-{uuid.uuid4().hex[:8]}"
+    """Move a run folder aside into runs/.trash (the same file system; neither the run list nor the
+    Library looks there), so nothing registers it half deleted."""
+    trash = runs_dir() / ".trash" / f"{folder.name}-{uuid.uuid4().hex[:8]}"
     if not folder.exists():
         return trash
-    trash.parent.mkdir(parents=True, exist_ok=True)
     try:
+        trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(folder, trash)
-    except OSError:          # another file system: delete it where it is
+    except OSError:          # runs/<id> is itself a link to another disk: delete it where it is
         return folder
     return trash
 
@@ -280,14 +302,23 @@ def stop(job_id: str) -> Job:
         return get(job_id)
     if job.state not in ACTIVE or not job.pid:
         raise JobError(f"run is {job.state}, not running", field="run")
+    if not pid_alive(job.pid, job.id, job.dir.log):
+        raise JobError("the run's process is gone; the list marks the run failed in a moment", field="run")
     try:
-        if os.getpgid(job.pid) == job.pid:      # a worker the supervisor started leads its own group
+        if _started_by_queue(job):      # torchrun and its workers: the group the supervisor made
             os.killpg(job.pid, signal.SIGTERM)
-        else:                                   # one started by hand shares its shell's group
+        else:                           # started by hand: that process only, not the shell's pipeline
             os.kill(job.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     return job
+
+
+def _started_by_queue(job: Job) -> bool:
+    try:
+        return job.id in Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def resume(job_id: str) -> Job:
@@ -344,7 +375,7 @@ def pid_alive(pid: int | None, run_id: str | None = None, log: Path | None = Non
 
 
 def _writes(pid: int, path: Path) -> bool:
-    target = str(path.absolute())
+    target = os.path.realpath(path)             # the kernel names open files by their real path
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             if os.readlink(fd) == target:

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from core.config import EMBEDDED_MODEL
@@ -62,13 +61,21 @@ def resolve(name: str, *, field: str = "model") -> ResolvedModel:
                      f"embedded '{EMBEDDED_MODEL}', and not a hub id of the form owner/name", field=field)
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
 def check_downloadable(repo: str, field: str = "model") -> None:
-    """A hub model that is neither cached nor reachable fails in seconds, in words: the download
-    client would retry for most of a minute before its own error."""
+    """A hub model whose weights are neither cached nor reachable fails in seconds, in words: the
+    download client would retry for most of a minute before its own error. (The memory estimate
+    caches config.json alone, so the weights are what count.)"""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-        return
+    try:
+        if any(isinstance(try_to_load_from_cache(repo, name), str) for name in WEIGHT_FILES):
+            return
+    except ValueError as e:                 # huggingface_hub's own check of the id
+        raise ModelError(f"'{repo}' is not a valid hub model id: {str(e).splitlines()[0]}", field=field) from None
     if constants.is_offline_mode():
         raise ModelError(f"cannot download '{repo}': it is not in the local Hugging Face cache, and downloads "
                          f"are switched off (HF_HUB_OFFLINE)", field=field)
@@ -78,19 +85,36 @@ def check_downloadable(repo: str, field: str = "model") -> None:
                          hint="check the network, or pick a local folder")
 
 
-@lru_cache(maxsize=4)
+_REACHED: set[str] = set()
+
+
 def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """One quick connection to the hub (answers are kept for the process's life)."""
+    """One quick connection to the hub, name lookup included, within `timeout`. A success is kept for
+    the process's life; a failure is asked again next time (the network may be back). Behind a proxy
+    the client's own connection decides."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
+    if endpoint in _REACHED or any(os.environ.get(v) for v in PROXY_VARS):
         return True
-    except OSError:
-        return False
+    url = urlparse(endpoint)
+    answer = []
+
+    def probe():
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                     timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)        # getaddrinfo itself has no timeout
+    thread.start()
+    thread.join(timeout)
+    if answer:
+        _REACHED.add(endpoint)
+    return bool(answer)
 
 
 def check_trainable(name: str, *, field: str = "model") -> None:

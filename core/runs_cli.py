@@ -63,9 +63,9 @@ def cmd_list(args) -> int:
 
 def cmd_remove(args) -> int:
     job = jobs.get(args.run_id)
-    jobs.remove(job.id, delete_files=args.delete_files)
-    kept = job.state != "queued" and not args.delete_files and job.dir.root.exists()
-    print(f"{job.id} removed" + (f"; its folder is kept: {job.run_dir}" if kept else ""))
+    outcome = jobs.remove(job.id, delete_files=args.delete_files)
+    said = {"deleted": "; its folder was deleted", "kept": f"; its folder is kept: {job.run_dir}", "missing": ""}
+    print(f"{job.id} removed{said[outcome]}")
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from core import data as datamod
-from core import distributed, fused_loss, models, vram
+from core import devices, distributed, fused_loss, models, vram
 from core.batching import FlattenCollator, PadCollator
 from core.config import RunConfig
 from core.encode import ensure_chat_template
@@ -280,7 +280,8 @@ def record_start(cfg: RunConfig, run_dir: RunDir, ready: Prepared) -> dict | Non
     run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(), unlisted=None,
                          trainable_params=trainable, total_params=total, precision=ready.precision.label,
                          batching=batching, loss_path=ready.loss_path,
-                         device=device_kind(), rows=ready.data.rows, dropped=len(ready.data.dropped),
+                         device=device_kind(), device_set=devices.occupied(), rows=ready.data.rows,
+                         dropped=len(ready.data.dropped),
                          processes=distributed.world_size(), strategy=ready.strategy,
                          estimate_gib=(estimate or {}).get("total_gib"))
     return estimate

@@ -129,7 +129,8 @@ def test_odd_dataset_names_are_refused_in_words_and_nothing_is_written(tmp_path,
     with pytest.raises(DataError, match="not a usable dataset name"):
         lib.save_dataset("../..", data)
     assert not (workspace / "datasets").exists() or not any((workspace / "datasets").iterdir())
-    assert lib.save_dataset("  v1.2_b-3 ", data).name == "v1.2_b-3"
+    assert lib.save_dataset("  v1.2__b-3 ", data).name == "v1.2__b-3"
+    assert lib.save_dataset("cafe\u0301", data).name == "caf\u00e9"          # a decomposed accent, as macOS types it
     lib.save_dataset("other", data)
     with pytest.raises(DataError, match="cannot hold ' '"):
         lib.rename_dataset("other", "my data")

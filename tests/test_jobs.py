@@ -189,9 +189,9 @@ def test_a_finished_run_leaves_the_list_and_keeps_its_folder_unless_its_files_ar
     assert (kept.dir.adapter / "adapter_model.safetensors").is_file()
     assert str(kept.dir.adapter.absolute()) in [a.path for a in library.list_adapters()]
     done = cli("--workspace", workspace, "runs", "remove", gone.id, "--delete-files")
-    assert done.returncode == 0 and done.stdout.strip() == f"{gone.id} removed", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == f"{gone.id} removed; its folder was deleted", done.stderr
     assert jobs.list_jobs() == [] and not gone.dir.root.exists()
-    assert not any((workspace / ".trash").iterdir())
+    assert not any((workspace / "runs" / ".trash").iterdir())
     assert [a.run_id for a in library.list_adapters()] == [kept.id]
     missing = cli("--workspace", workspace, "runs", "remove", gone.id)
     assert missing.returncode != 0 and f"no run '{gone.id}'" in missing.stderr
@@ -215,10 +215,15 @@ def test_a_run_folder_deleted_by_hand_is_flagged_and_can_only_be_removed(tiny_mo
 
 
 def test_a_run_started_by_hand_joins_the_list_can_be_stopped_and_stays_off_once_removed(tiny_model, workspace,
-                                                                                       tmp_path):
+                                                                                       tmp_path, monkeypatch):
     """`python -m core train` in the workspace, from a shell (it shares the shell's process group, and
     its command line names only its config): the list shows it, the supervisor sees it alive through
-    the log it writes, and Stop reaches it."""
+    the log it writes (named through a linked workspace, as a workspace on another disk is), and Stop
+    reaches it."""
+    link = tmp_path / "linked"
+    workspace.mkdir()
+    link.symlink_to(workspace)
+    monkeypatch.setenv("WORKBENCH_HOME", str(link))
     config = tmp_path / "run.yaml"
     cfg(tiny_model, steps=300, name="by-hand").save(config)
     worker = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config)], cwd=ROOT,
@@ -227,7 +232,7 @@ def test_a_run_started_by_hand_joins_the_list_can_be_stopped_and_stays_off_once_
     try:
         until(lambda: [j.state for j in jobs.list_jobs()] == ["running"], timeout=180, sup=sup)
         job = jobs.list_jobs()[0]
-        assert job.name == "by-hand" and job.pid == worker.pid and job.dir.root.parent == workspace / "runs"
+        assert job.name == "by-hand" and job.pid == worker.pid and job.dir.root.parent == link / "runs"
         until(lambda: job.dir.read_status().get("step", 0) >= 2, sup=sup)
         sup.tick()
         assert state(job.id) == "running"
@@ -240,3 +245,37 @@ def test_a_run_started_by_hand_joins_the_list_can_be_stopped_and_stays_off_once_
     assert job.dir.newest_checkpoint() is not None
     jobs.remove(job.id)
     assert jobs.list_jobs() == [] and job.dir.root.is_dir()
+
+
+def test_removing_a_run_queued_to_resume_keeps_what_it_trained(tiny_model, workspace):
+    job = jobs.submit(cfg(tiny_model, steps=300))
+    sup = jobs.Supervisor()
+    until(lambda: job.dir.read_status().get("step", 0) >= 2, sup=sup)
+    jobs.stop(job.id)
+    until(lambda: state(job.id) == "stopped", sup=sup)
+    sup.release()
+    jobs.resume(job.id)
+    assert state(job.id) == "queued"
+    assert jobs.remove(job.id) == "kept"
+    assert job.dir.newest_checkpoint() is not None and (job.dir.root / "train.log").is_file()
+    assert jobs.list_jobs() == [] and job.dir.read_status()["state"] == "stopped"
+
+
+def test_stop_never_signals_a_process_that_is_not_the_runs_worker(workspace):
+    """A run folder that says running, with the pid of a worker long gone that another process now has."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        run = workspace / "runs" / "gone-1"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("model: m\n")
+        (run / "status.json").write_text(f'{{"state": "running", "pid": {other.pid}}}')
+        assert [j.id for j in jobs.list_jobs()] == ["gone-1"]
+        with pytest.raises(WorkbenchError, match="process is gone"):
+            jobs.stop("gone-1")
+        assert other.poll() is None
+        sup = jobs.Supervisor()
+        sup.tick()
+        sup.release()
+        assert state("gone-1") == "failed" and other.poll() is None
+    finally:
+        other.kill()

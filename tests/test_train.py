@@ -172,6 +172,22 @@ def test_missing_model_is_a_clear_error(tmp_path, cli, model, words, env, worksp
     assert not out.exists()
 
 
+def test_a_hub_found_down_is_asked_again_and_odd_ids_are_refused_in_words():
+    import socket
+
+    from core import models
+    from core.errors import ModelError
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+        assert not models.hub_reachable(endpoint)             # bound, not listening: refused
+        s.listen()
+        assert models.hub_reachable(endpoint)                 # back up: the failure was not kept
+    with pytest.raises(ModelError, match="not a valid hub model id") as refused:
+        models.resolve("someone/two--dashes")
+    assert refused.value.field == "model"
+
+
 def test_unparseable_dataset_names_file_and_line(tmp_path, cli, tiny_model, workspace):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q2", "output": \n')

@@ -464,8 +464,11 @@ def test_a_config_json_that_leaves_out_the_sizes_is_estimated_with_a_warning(cli
     partial.write_text(json.dumps({"model_type": "llama", "hidden_size": 576}))
     r = cli("estimate", "--model", partial, "--method", "lora")
     assert r.returncode == 0, r.stderr
-    assert (f"warning: {partial} gives no intermediate_size, num_hidden_layers, num_attention_heads, vocab_size: "
+    assert (f"warning: {partial} gives no intermediate_size, num_hidden_layers: "
             f"the defaults of transformers' llama config are counted") in r.stdout
+    gemma = {k: v for k, v in find_card("Qwen2.5-0.5B").config.items() if k not in ("num_attention_heads", "vocab_size")}
+    partial.write_text(json.dumps(gemma))            # as Gemma 3's text_config leaves out heads and vocabulary
+    assert json.loads(cli("estimate", "--model", partial, "--json").stdout)["warnings"] == []
 
 
 def test_cli_flags_alone_estimate_the_plain_step_and_a_config_the_runs_own_settings(cli, tmp_path):

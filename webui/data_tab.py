@@ -190,9 +190,12 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     delete.click(do_delete, [lib_pick, confirm, lang_state], lib_outputs + [confirm])
 
     def do_hub(repo, subset, split, lang):
+        repo = repo.strip()
         try:
-            info = dl.import_hub_dataset(repo.strip().replace("/", "-"), repo.strip(), subset.strip() or None,
-                                         split.strip() or "train")
+            if not repo:
+                raise WorkbenchError("enter the id of a Hugging Face Hub dataset, e.g. tatsu-lab/alpaca", field="hub")
+            info = dl.import_hub_dataset(dl.clean_dataset_name(repo.replace("/", "-")), repo,
+                                         subset.strip() or None, split.strip() or "train")
         except WorkbenchError as e:
             return t("error", lang, error=str(e)), gr.skip(), gr.skip()
         return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))

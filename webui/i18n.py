@@ -97,7 +97,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.delete_files": ("Also delete its files (adapter, checkpoints, log)", "同时删除其文件（适配器、检查点、日志）"),
     "runs.removed_kept": ("Removed {id} from the list; its folder is kept: {path}",
                           "已从列表移除 {id}；其文件夹保留：{path}"),
-    "runs.removed": ("Removed {id} and its files.", "已移除 {id} 及其文件。"),
+    "runs.removed_deleted": ("Removed {id} and its files.", "已移除 {id} 及其文件。"),
+    "runs.removed_missing": ("Removed {id} from the list.", "已从列表移除 {id}。"),
     "runs.folder_missing": ("folder deleted", "文件夹已删除"),
     "runs.folder_missing_note": ("This run's folder {path} was deleted; its log, charts and adapter are gone. "
                                  "Remove it from the list.",

@@ -93,12 +93,14 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     seen = gr.State({})
 
     def refresh(selected, lang, seen_state):
-        """Redraw what changed since the last tick: the table always, the chart only on new metrics."""
+        """Redraw what changed since the last tick: the table always, the chart only on new metrics.
+        When the picked run has left the list, the next is picked and the delete box cleared."""
         choices = run_choices()
         ids = [v for _, v in choices]
+        clear = gr.skip()
         if selected not in ids:
-            selected = ids[0] if ids else None
-        outputs = [gr.update(choices=choices, value=selected), table(lang)]
+            selected, clear = (ids[0] if ids else None), False
+        outputs = [gr.update(choices=choices, value=selected), table(lang), clear]
         if selected is None:
             return outputs + [t("runs.no_run", lang), gr.skip(), "", seen_state]
         job = jobs.get(selected)
@@ -107,10 +109,10 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         fig = gr.skip() if seen_state.get("chart") == stamp else run_figure(run.read_metrics(), lang)
         return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp}]
 
-    timer.tick(refresh, [run_select, lang_state, seen], [run_select, runs_table, progress, chart, log, seen],
-               show_progress="hidden")
-    run_select.input(refresh, [run_select, lang_state, gr.State({})],
-                     [run_select, runs_table, progress, chart, log, seen], show_progress="hidden")
+    shown = [run_select, runs_table, delete_files, progress, chart, log, seen]
+    timer.tick(refresh, [run_select, lang_state, seen], shown, show_progress="hidden")
+    run_select.input(refresh, [run_select, lang_state, gr.State({})], shown, show_progress="hidden")
+    run_select.input(lambda: False, None, delete_files)
 
     def compare(ids, lang):
         if not ids:
@@ -148,15 +150,13 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
     def remove(run_id, delete_files, lang):
         """Says whether the folder stayed; the box is cleared so the next removal asks again."""
         if not run_id:
-            return t("runs.no_run", lang), gr.skip()
+            return t("runs.no_run", lang), False
         try:
             job = jobs.get(run_id)
-            jobs.remove(run_id, delete_files=delete_files)
+            outcome = jobs.remove(run_id, delete_files=delete_files)
         except WorkbenchError as e:
-            return t("error", lang, error=str(e)), gr.skip()
-        if job.state == "queued" or delete_files or not job.dir.root.exists():
-            return t("runs.removed", lang, id=run_id), False
-        return t("runs.removed_kept", lang, id=run_id, path=job.run_dir), False
+            return t("error", lang, error=str(e)), False
+        return t(f"runs.removed_{outcome}", lang, id=run_id, path=job.run_dir), False
 
     buttons["remove"].click(remove, [run_select, buttons["delete_files"], lang_state],
                             [action_msg, buttons["delete_files"]])
