@@ -315,8 +315,10 @@ def stop(job_id: str) -> Job:
 
 
 def _started_by_queue(job: Job) -> bool:
+    """The supervisor starts each worker as the leader of a new session, its command naming the run."""
     try:
-        return job.id in Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
+        return os.getpgid(job.pid) == job.pid and \
+            job.id in Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
 

@@ -239,10 +239,16 @@ def test_a_run_started_by_hand_joins_the_list_can_be_stopped_and_stays_off_once_
         jobs.stop(job.id)
         assert worker.wait(timeout=120) == 143
         until(lambda: state(job.id) == "stopped", sup=sup)
+        assert job.dir.newest_checkpoint() is not None
+        worker = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(job.dir.config),
+                                   "--resume"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        until(lambda: [j.state for j in jobs.list_jobs()] == ["running"], timeout=180, sup=sup)
+        jobs.stop(job.id)                           # resumed by hand, listed as running, stopped from the list
+        assert worker.wait(timeout=120) == 143
+        until(lambda: state(job.id) == "stopped", sup=sup)
     finally:
         worker.kill()
         sup.release()
-    assert job.dir.newest_checkpoint() is not None
     jobs.remove(job.id)
     assert jobs.list_jobs() == [] and job.dir.root.is_dir()
 
