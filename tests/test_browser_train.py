@@ -159,6 +159,8 @@ def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
     page.locator("#run-remove").click()
     page.wait_for_selector("#runs-message >> text=Removed elsewhere")
     pick(page, "run-select", "twice")
+    page.wait_for_selector("#run-progress >> text=twice")
+    page.wait_for_timeout(1500)              # the pick clears the box; let that land before ticking it
     page.locator("#run-delete-files input").check()
     page.locator("#run-remove").click()
     page.wait_for_selector("#runs-message >> text=and its files")
