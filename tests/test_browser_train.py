@@ -90,6 +90,8 @@ def test_a_run_queued_elsewhere_clones_into_the_form_without_errors(page, tiny_m
                    check=True, capture_output=True)
     open_tab(page, "Runs")
     pick(page, "run-select", "elsewhere")
+    page.wait_for_timeout(2500)                     # ticks of the Runs view come and go; the pick stays
+    assert "elsewhere" in page.locator("#run-select input").first.input_value()
     page.locator("#run-clone").click()
     page.wait_for_selector("#train-message >> text=The form now holds")
     page.wait_for_timeout(1500)

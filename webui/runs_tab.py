@@ -94,13 +94,15 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
 
     def refresh(selected, lang, seen_state):
         """Redraw what changed since the last tick: the table always, the chart only on new metrics.
-        When the picked run has left the list, the next is picked and the delete box cleared."""
+        The pick is set only when the picked run has left the list (the next is picked and the delete
+        box cleared): a tick sent before the user picked another run must not undo that pick."""
         choices = run_choices()
         ids = [v for _, v in choices]
-        clear = gr.skip()
+        pick, clear = gr.update(choices=choices), gr.skip()
         if selected not in ids:
             selected, clear = (ids[0] if ids else None), False
-        outputs = [gr.update(choices=choices, value=selected), table(lang), clear]
+            pick = gr.update(choices=choices, value=selected)
+        outputs = [pick, table(lang), clear]
         if selected is None:
             return outputs + [t("runs.no_run", lang), gr.skip(), "", seen_state]
         job = jobs.get(selected)
