@@ -160,8 +160,10 @@ def adopt_unlisted() -> None:
             continue
         if run.id in known or str(run.root) in known:
             row = rows.get(run.id)
-            if row and row["state"] in FINAL_STATES and _resumed_by_hand(run, row):
-                revived.append(run)
+            if row and row["state"] in FINAL_STATES:
+                status = run.read_status()
+                if _resumed_by_hand(run, row, status):
+                    revived.append((run, status))
             continue
         status = run.read_status()
         if status.get("state") in ADOPTABLE and not status.get("unlisted") and run.config.is_file():
@@ -172,14 +174,12 @@ def adopt_unlisted() -> None:
                 conn.execute("INSERT OR IGNORE INTO jobs (id, name, run_dir, model, method, state, devices, pid, "
                              "error, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              values)
-            for run in revived:
-                status = run.read_status()
+            for run, status in revived:
                 conn.execute("UPDATE jobs SET state=?, pid=?, error=NULL, finished_at=NULL WHERE id=?",
                              (status["state"], status.get("pid"), run.id))
 
 
-def _resumed_by_hand(run: RunDir, row: dict) -> bool:
-    status = run.read_status()
+def _resumed_by_hand(run: RunDir, row: dict, status: dict) -> bool:
     return (status.get("state") in ACTIVE and status.get("updated_at", 0) > (row["finished_at"] or 0)
             and pid_alive(status.get("pid"), run.id, run.log))
 

@@ -53,12 +53,18 @@ def test_remove_takes_a_queued_run_off_the_queue(tiny_model, workspace):
     assert jobs.queue() == [] and not job.dir.root.exists()
 
 
-def test_stop_checkpoints_and_resume_continues_the_step_count(tiny_model, workspace):
+def stopped_run(tiny_model, sup, steps_done):
+    """A queued run of 300 steps, stopped from the queue once it has trained steps_done of them."""
     job = jobs.submit(cfg(tiny_model, steps=300))
-    sup = jobs.Supervisor()
-    until(lambda: job.dir.read_status().get("step", 0) >= 3, sup=sup)
+    until(lambda: job.dir.read_status().get("step", 0) >= steps_done, sup=sup)
     jobs.stop(job.id)
     until(lambda: state(job.id) == "stopped", sup=sup)
+    return job
+
+
+def test_stop_checkpoints_and_resume_continues_the_step_count(tiny_model, workspace):
+    sup = jobs.Supervisor()
+    job = stopped_run(tiny_model, sup, 3)
     ckpt = job.dir.newest_checkpoint()
     assert ckpt is not None
     jobs.resume(job.id)
@@ -254,11 +260,8 @@ def test_a_run_started_by_hand_joins_the_list_can_be_stopped_and_stays_off_once_
 
 
 def test_removing_a_run_queued_to_resume_keeps_what_it_trained(tiny_model, workspace):
-    job = jobs.submit(cfg(tiny_model, steps=300))
     sup = jobs.Supervisor()
-    until(lambda: job.dir.read_status().get("step", 0) >= 2, sup=sup)
-    jobs.stop(job.id)
-    until(lambda: state(job.id) == "stopped", sup=sup)
+    job = stopped_run(tiny_model, sup, 2)
     sup.release()
     jobs.resume(job.id)
     assert state(job.id) == "queued"
