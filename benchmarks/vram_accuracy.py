@@ -1,15 +1,17 @@
 """The GPU memory estimate against measured peaks of short training runs.
 
-    .venv/bin/python benchmarks/vram_accuracy.py [--cases default|quick] [--steps 3] [--loop standard|trainer]
-                                                 [--out FILE.jsonl]
+    .venv/bin/python benchmarks/vram_accuracy.py [--cases default|quick|ours] [--steps 3] [--loop standard|trainer]
+                                                 [--models DIR] [--out FILE.jsonl]
 
 On a CUDA machine every case runs in a fresh process: core.train.build_model loads the model as our
 trainer does (random weights saved once from an architecture card: memory does not depend on
-values), the Trainer creates its optimizer, and a few optimizer steps run on random tokens at the
-full length. `standard` steps with `out = model(...); out.loss.backward()` as the reference
-measurements did; `trainer` runs our Trainer (it frees the output before the backward pass). The
-peak is the allocator's (max_memory_reserved) plus the CUDA context: what the device shows in use,
-as in ../shared/calibration. Allocated peak plus context is recorded beside it.
+values), and a few optimizer steps run on random tokens at the full length. `standard` steps as the
+reference measurements did (`out = model(...); out.loss.backward()`, the optimizer built directly)
+and is compared with `estimate(plain=True)`; `trainer` runs our Trainer (its optimizer; it frees the
+output before the backward pass) and is compared with the estimate our runs record. `--cases ours`
+runs the quick cases with our trainer's defaults (padding-free batches, the fused loss). The peak
+is the allocator's (max_memory_reserved) plus the CUDA context: what the device shows in use, as
+in ../shared/calibration. Allocated peak plus context is recorded beside it.
 
 Without CUDA it says so, compares the estimate with the reference measurements in
 ../shared/calibration (or the folder --calibration names) and exits 0.
@@ -52,6 +54,7 @@ CASES = [("SmolLM2-135M", "lora", "bf16", 16, 512, False, "adamw"),
          ("Qwen2.5-7B", "lora", "bf16", 4, 1024, True, "adamw8bit"),
          ("Mistral-7B-v0.3", "qlora", "bf16", 16, 512, True, "adamw")]
 QUICK = [0, 3, 6, 8, 12]
+OURS = {"padding_free": True, "fused_loss": True}
 KEYS = ("model", "method", "dtype", "batch", "seq", "ckpt", "optim")
 
 
@@ -67,11 +70,12 @@ def run_config(case: dict, model: str):
                   "padding_free": case.get("padding_free", False), "fused_loss": case.get("fused_loss", False)}})
 
 
-def estimate(case: dict, cfg=None) -> dict:
-    """Our trainer's estimate for the case, or, given the command line's config, the plain step's."""
+def estimate(case: dict, cfg=None, plain: bool = False) -> dict:
+    """The estimate for the case as our Trainer runs it, or as the plain step does (given the command
+    line's config, or plain)."""
     from core import vram
 
-    est = vram.estimate(cfg or run_config(case, case["model"]), plain=cfg is not None)
+    est = vram.estimate(cfg or run_config(case, case["model"]), plain=plain or cfg is not None)
     return {"total_gib": est.total_gib, "parts": est.parts, "peak_at": est.peak_at}
 
 
@@ -109,9 +113,9 @@ def measure(case: dict, folder: Path, loop: str) -> dict:
     from transformers import Trainer
 
     from core import fused_loss, models
-    from core.batching import PadCollator
+    from core.batching import FlattenCollator, PadCollator
     from core.runfiles import RunDir
-    from core.train import build_model, choose_precision, training_arguments
+    from core.train import build_model, choose_precision, flattened, training_arguments
 
     cfg = run_config(case, str(folder))
     precision = choose_precision(cfg)
@@ -123,7 +127,7 @@ def measure(case: dict, folder: Path, loop: str) -> dict:
     rows = [{"input_ids": r.tolist(), "labels": r.tolist()} for r in ids]
     run = RunDir(Path(tempfile.mkdtemp()))
     trainer = Trainer(model=model, args=training_arguments(cfg, run, precision, False), train_dataset=rows,
-                      data_collator=PadCollator(0))
+                      data_collator=FlattenCollator() if flattened(cfg) else PadCollator(0))
     torch.cuda.reset_peak_memory_stats()
     if loop == "trainer":
         trainer.train()
@@ -140,14 +144,22 @@ def measure(case: dict, folder: Path, loop: str) -> dict:
 
 
 def standard_loop(trainer, cfg, precision, ids) -> None:
-    """Our model and the Trainer's optimizer, stepped the way the reference measurements were."""
+    """Our model, stepped the way the reference measurements were: the optimizer built directly over
+    the trainable parameters (fused AdamW, or bitsandbytes' 8-bit AdamW)."""
     import torch
 
     model = trainer.model
     if cfg.train.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    optimizer = trainer.create_optimizer()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    else:
+        import bitsandbytes as bnb
+
+        make = bnb.optim.AdamW8bit if cfg.train.optimizer == "adamw8bit" else bnb.optim.PagedAdamW8bit
+        optimizer = make(params, lr=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.autocast)
     b = cfg.train.batch_size
     for step in range(cfg.train.max_steps):
@@ -175,20 +187,22 @@ def child(args) -> int:
 
 # ---- the driver ----------------------------------------------------------------------------------------
 
-def run_all(args) -> list[dict]:
-    chosen = [CASES[i] for i in QUICK] if args.cases == "quick" else CASES
+def run_all(args, record) -> list[dict]:
+    chosen = CASES if args.cases == "default" else [CASES[i] for i in QUICK]
     store = Path(args.models or tempfile.mkdtemp(prefix="vram-models-"))
+    store.mkdir(parents=True, exist_ok=True)
     results = []
     for values in chosen:
-        case = dict(zip(KEYS, values), steps=args.steps)
+        case = {**dict(zip(KEYS, values)), "steps": args.steps, **(OURS if args.cases == "ours" else {})}
         folder = store / case["model"]
         if not folder.exists():
             _spawn(case, folder, args, make_model=True)
         out = _spawn(case, folder, args)
-        row = {"case": case, "loop": args.loop, "estimate": estimate(case), **out}
+        row = {"case": case, "loop": args.loop, "estimate": estimate(case, plain=args.loop == "standard"), **out}
         if out.get("status") == "ok":
             row["error_device"] = row["estimate"]["total_gib"] / out["device_used_gib"] - 1
         results.append(row)
+        record(row)
         print(_line(row), flush=True)
     return results
 
@@ -207,7 +221,7 @@ def _spawn(case: dict, folder: Path, args, make_model: bool = False) -> dict:
 def _line(row: dict) -> str:
     c = row["case"]
     label = f"{c['model']:<16} {c['method']:<5} {c['dtype']:<4} b{c['batch']:<2} s{c['seq']:<5} " \
-            f"ckpt={'on ' if c['ckpt'] else 'off'} {c['optim']:<15}"
+            f"ckpt={'on ' if c['ckpt'] else 'off'} {c['optim']:<10}{' ours' if c.get('fused_loss') else ''}"
     est = row["estimate"]["total_gib"]
     if row.get("status") != "ok":
         return f"{label} estimate {est:7.2f} GiB  measured: {row.get('status')} {row.get('error', '')}"
@@ -262,7 +276,8 @@ def summary(results: list[dict]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", choices=["default", "quick"], default="default")
+    p.add_argument("--cases", choices=["default", "quick", "ours"], default="default",
+                   help="the 16 cases, 5 of them, or those 5 with our trainer's defaults (padding-free, fused loss)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--loop", choices=["standard", "trainer"], default="standard")
     p.add_argument("--models", help="folder for the random-weight models (kept between runs)")
@@ -279,25 +294,32 @@ def main() -> int:
         return child(args)
     import torch
 
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        results = run_all(args)
-    else:
-        print(f"no CUDA device here: nothing to measure. Comparing the estimate with the reference "
-              f"measurements in {args.calibration} instead.\n")
-        results = compare_reference(args.calibration)
-        if not results:
-            print(f"no reference measurements in {args.calibration}; nothing to compare")
-            return 0
-    summary(results)
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "python": platform.python_version()}
     if args.out is None:
         from core.workspace import home
 
         args.out = home() / "benchmarks" / "vram_accuracy.jsonl"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        for row in results:
+        def record(row: dict) -> None:     # line by line: a run cut short keeps what it measured
             f.write(json.dumps({**row, "versions": versions}) + "\n")
+            f.flush()
+
+        if torch.cuda.is_available():
+            results = run_all(args, record)
+        else:
+            print(f"no CUDA device here: nothing to measure. Comparing the estimate with the reference "
+                  f"measurements in {args.calibration} instead.\n")
+            results = compare_reference(args.calibration)
+            for row in results:
+                record(row)
+    if not results:
+        print(f"no reference measurements in {args.calibration}; nothing to compare")
+        return 0
+    summary(results)
     print(f"results: {args.out}")
     return 0
 

@@ -7,10 +7,10 @@ backward pass of each layer (SDPA flash or efficient attention, autocast copies,
 dropout masks), the causal-LM loss's fp32 logits, the optimizer's states. No weights are needed,
 only the architecture numbers (core/arch.py).
 
-The step is sized as the standard training loop runs it (`out = model(...)`, then
-`out.loss.backward()`): the output, with its logits, lives through the backward pass. The
-reference measurements were taken that way; the Trainer drops it before backward, so for large
-vocabularies real runs come in below the estimate by up to 4 x tokens x vocab bytes.
+The step is sized as transformers' Trainer runs it: `compute_loss` returns the loss alone, so the
+output and its logits are freed before the backward pass. The plain step of the reference
+measurements (`out = model(...)`, then `out.loss.backward()`) keeps the output through the backward
+pass and into the next forward; `estimate(plain=True)` sizes that one.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class Setup:
     grad_accum: int
     trainable_layers: int
     embedding_states_32bit: bool = False    # transformers' Trainer keeps 8-bit optimizers' embeddings in 32 bits
+    output_held: bool = False                # the plain step keeps the model's output (its logits) through backward
 
     @property
     def adapters(self) -> bool:
@@ -362,21 +363,23 @@ def fused_loss_applies(arch: Arch, s: Setup) -> bool:
 
 def loss_terms(arch: Arch, s: Setup) -> dict:
     """Bytes the loss needs: at the end of the forward, at the start of the backward, what the
-    standard loop still holds afterwards (the output's logits), and the allocator blocks it strands."""
+    plain step still holds afterwards (the output's logits), and the allocator blocks it strands."""
     if fused_loss_applies(arch, s):
         return _fused_loss_terms(arch, s)
     lb = s.half                             # the head's output dtype
     blv = s.tokens * arch.vocab_size
     upcast = 4 if lb != 4 else 0            # ForCausalLMLoss: logits.float()
     softcap = lb if arch.final_logit_softcapping else 0
-    # forward: the previous step's output (still held) + logits + fp32 copy + log_softmax output;
-    # backward: held logits + log_softmax output + its gradient + the gradient of its input
-    forward = (2 * lb + upcast + 4 + softcap) * blv
-    backward = (lb + 3 * 4 + softcap) * blv
-    # The log_softmax gradient needs a block as large as the fp32 logits; the blocks free at that
-    # moment are the half-size ones of the previous step's logits, so the allocator maps a new one.
-    stranded = 4 * blv if lb == 2 else 0.0
-    return {"forward": forward, "backward": backward, "held": lb * blv, "stranded": stranded}
+    held = lb if s.output_held else 0       # the plain step's output, alive until the next one replaces it
+    # forward: the previous step's output (plain step) + logits + fp32 copy + log_softmax output;
+    # backward: held logits (plain step) + log_softmax output + its gradient + the gradient of its input
+    forward = (held + lb + upcast + 4 + softcap) * blv
+    backward = (held + 3 * 4 + softcap) * blv
+    # The log_softmax gradient needs a block as large as the fp32 logits. The blocks free at that
+    # moment are half-size ones, the previous step's logits and this step's (plain step) or this step's
+    # alone, freed with the output (Trainer); none can serve it, so the allocator maps a new one.
+    stranded = (2 * lb if s.output_held else lb) * blv if lb == 2 else 0.0
+    return {"forward": forward, "backward": backward, "held": held * blv, "stranded": stranded}
 
 
 def _fused_loss_terms(arch: Arch, s: Setup) -> dict:
@@ -432,13 +435,16 @@ def strategy_for(method: str, gpus: int) -> str:
 
 def estimate(cfg: RunConfig, *, gpus: int = 1, arch: Arch | None = None, plain: bool = False) -> Estimate:
     """Peak GPU memory per GPU of a training run with this config, on `gpus` GPUs with bf16.
-    plain: the optimizer built directly, as the plain step of the reference measurements does,
-    not by transformers' Trainer (which keeps 8-bit optimizers' embedding states in 32 bits)."""
+    plain: the step of the reference measurements, not transformers' Trainer's: the optimizer built
+    directly (the Trainer keeps 8-bit optimizers' embedding states in 32 bits) and the output held
+    through the backward pass (the Trainer frees it first)."""
     if gpus < 1:
         raise ConfigError(f"the number of GPUs must be at least 1, got {gpus}", field="gpus")
     arch = arch or load_arch(cfg.model, cfg.trust_remote_code)
     s = setup_for(cfg)
-    if not plain and s.method == "full" and s.optimizer != "adamw":
+    if plain:
+        s = replace(s, output_held=True)
+    elif s.method == "full" and s.optimizer != "adamw":
         s = replace(s, embedding_states_32bit=True)
     strategy = strategy_for(cfg.method, gpus)
     trainable = trainable_tensors(arch, s)
