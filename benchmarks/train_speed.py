@@ -13,7 +13,9 @@ Ours is `core.train.run` with the recommended defaults: padding-free batches, th
 Every run is a fresh process (so peak RSS / CUDA peak belong to that run alone); the arms
 alternate in ABBA order, and the summary gives medians and ratios. tokens/s counts real tokens
 (the Trainer's num_input_tokens_seen: the attention mask for padded batches, every token of a
-flat row) over the training time (from the start of training to the last step). CPU: the
+flat row) over the training time (from the start of training to the last step); "steady" counts
+only the steps after the first --warmup ones (CUDA's lazy start-up, cuBLAS heuristics and
+first-call kernel loading land in the first steps and swamp a short GPU run). CPU: the
 embedded SmolLM2-135M-Instruct. GPU: a random-weight model of Qwen2.5-0.5B's architecture
 (vocabulary 151,936), LoRA and QLoRA.
 """
@@ -82,6 +84,7 @@ def arm_ours(spec: dict, overrides: dict) -> dict:
     status = run_dir.read_status()
     return {"losses": [r["loss"] for r in rows], "tokens": rows[-1]["tokens_seen"],
             "train_s": rows[-1]["time"] - status["started_at"], "cpu_s": time.process_time() - cpu0,
+            "step_times": [r["time"] for r in rows], "step_tokens": [r["tokens_seen"] for r in rows],
             "precision": status["precision"], "batching": status["batching"], "loss_path": status["loss_path"]}
 
 
@@ -119,7 +122,8 @@ def arm_baseline(spec: dict) -> dict:
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
     trainer.train()
     return {"losses": clock.losses, "tokens": clock.tokens, "train_s": clock.last - clock.start,
-            "cpu_s": time.process_time() - cpu0, "precision": "bf16" if gpu else "fp32",
+            "cpu_s": time.process_time() - cpu0, "step_times": clock.times, "step_tokens": clock.seen,
+            "precision": "bf16" if gpu else "fp32",
             "batching": "padded", "loss_path": "standard"}
 
 
@@ -135,7 +139,7 @@ class Clock(TrainerCallback):
 
     def __init__(self):
         self.start = self.last = None
-        self.losses, self.tokens = [], 0
+        self.losses, self.tokens, self.times, self.seen = [], 0, [], []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
@@ -144,6 +148,8 @@ class Clock(TrainerCallback):
         if logs and "loss" in logs:
             self.last, self.tokens = time.time(), state.num_input_tokens_seen
             self.losses.append(logs["loss"])
+            self.times.append(self.last)
+            self.seen.append(self.tokens)
 
 
 # ---- the loss path alone: memory of the standard loss against the fused one --------------------
@@ -209,7 +215,15 @@ def run_child(arm: str, spec: dict) -> None:
     result.update(peak_memory())
     if "tokens" in result:
         result["tokens_per_s"] = result["tokens"] / result["train_s"]
+        result["steady_tokens_per_s"] = steady_rate(result["step_times"], result["step_tokens"], spec["warmup"])
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def steady_rate(times: list[float], tokens: list[int], warmup: int) -> float | None:
+    """Real tokens per second over the steps after the first `warmup` (None when too few are left)."""
+    if warmup < 1 or len(times) < warmup + 2:
+        return None
+    return (tokens[-1] - tokens[warmup - 1]) / (times[-1] - times[warmup - 1])
 
 
 def benchmark_model(tmp: Path) -> str:
@@ -222,9 +236,13 @@ def benchmark_model(tmp: Path) -> str:
         return str(embedded_model_dir())
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+    from core.models import EMBEDDED_MODEL
+    from core.workspace import models_dir
+
     folder = tmp / "qwen2.5-0.5b-random"
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    carried = models_dir() / EMBEDDED_MODEL         # gpu_prepare.sh carries the tokenizer alone
+    tokenizer = AutoTokenizer.from_pretrained(carried if (carried / "tokenizer.json").exists() else embedded_model_dir())
     config = Qwen2Config(**GPU_ARCH, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -248,6 +266,7 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     for arm, runs in results.items():
         summary[arm] = {
             "tokens_per_s": median([r["tokens_per_s"] for r in runs]),
+            "steady_tokens_per_s": median([r["steady_tokens_per_s"] for r in runs if r.get("steady_tokens_per_s")]),
             "tokens_per_cpu_s": median([r["tokens"] / r["cpu_s"] for r in runs]),
             "peak_gib": median([r["peak_gib"] for r in runs]),
             "final_loss": median([r["losses"][-1] for r in runs]),
@@ -264,10 +283,11 @@ def print_summary(method: str, summary: dict) -> None:
     first = next(iter(summary))
     base = summary[first]
     print(f"\n== {method}: medians over {base['runs']} runs each; ratios against {first} ==")
-    print(f"{'arm':18} {'tokens/s':>9} {'x base':>7} {'tok/cpu-s':>9} {'peak GiB':>9} {'x base':>7} "
-          f"{'final loss':>10} {'mean loss':>10}  setup")
+    print(f"{'arm':18} {'tokens/s':>9} {'x base':>7} {'steady':>9} {'x base':>7} {'tok/cpu-s':>9} {'peak GiB':>9} "
+          f"{'x base':>7} {'final loss':>10} {'mean loss':>10}  setup")
     for arm, s in summary.items():
         print(f"{arm:18} {s['tokens_per_s']:9.1f} {s['tokens_per_s'] / base['tokens_per_s']:7.2f} "
+              f"{s['steady_tokens_per_s']:9.1f} {s['steady_tokens_per_s'] / base['steady_tokens_per_s']:7.2f} "
               f"{s['tokens_per_cpu_s']:9.1f} {s['peak_gib']:9.3f} {s['peak_gib'] / base['peak_gib']:7.2f} "
               f"{s['final_loss']:10.4f} {s['mean_loss']:10.4f}  {s['label']}")
     if any(s["tokens"] != base["tokens"] for s in summary.values()):
@@ -303,6 +323,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (CPU 6, GPU 30; 0: one epoch)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=None, help="steps left out of the steady rate (CPU 1, GPU 5)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-len", type=int, default=None, help="max sample length (CPU 512, GPU 2048)")
     p.add_argument("--arms", default="ours", help="'ours' (baseline vs ours), 'all' (plus one run per technique "
@@ -328,7 +349,8 @@ def main(argv=None) -> int:
         for method in methods:
             steps = a.steps if a.steps is not None else (30 if gpu else 6)
             spec = {"model": model, "method": method, "steps": steps, "batch": a.batch_size,
-                    "max_len": a.max_len or (2048 if gpu else 512)}
+                    "max_len": a.max_len or (2048 if gpu else 512),
+                    "warmup": a.warmup if a.warmup is not None else (5 if gpu else 1)}
             results = {arm: [] for arm in arms}
             for i, arm in enumerate(schedule(arms, a.repeats)):
                 r = child(arm, {**spec, "out": str(Path(tmp) / f"{method}-{arm}-{i}")})

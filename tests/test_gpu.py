@@ -52,7 +52,7 @@ def test_fused_loss_on_the_gpu_gives_the_standard_loss_under_bf16_autocast(tiny_
     gen = torch.Generator().manual_seed(0)
     rows = [{"input_ids": ids, "labels": ids} for ids in
             (torch.randint(3, 400, (n,), generator=gen).tolist() for n in (7, 19, 4, 13, 25, 9))]
-    batch = {k: v.cuda() for k, v in FlattenCollator()(rows).items()}
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in FlattenCollator()(rows).items()}   # use_cache travels too
     standard = loss_and_grads(AutoModelForCausalLM.from_pretrained(tiny_model).cuda().train(), batch)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).cuda().train()
     assert fused_loss.enable(model) is not None

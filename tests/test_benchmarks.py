@@ -1,0 +1,13 @@
+"""The benchmark scripts' own arithmetic (their GPU runs need a GPU machine: benchmarks/gpu_session.sh)."""
+from benchmarks.train_speed import steady_rate
+
+
+def test_steady_rate_leaves_out_the_warm_up_steps():
+    times, tokens = [10.0, 11.0, 12.0, 14.0], [100, 200, 300, 500]     # the first step took its start-up time
+    assert steady_rate(times, tokens, warmup=1) == (500 - 100) / (14.0 - 10.0)
+    assert steady_rate(times, tokens, warmup=2) == (500 - 200) / (14.0 - 11.0)
+
+
+def test_steady_rate_needs_two_steps_after_the_warm_up():
+    assert steady_rate([1.0, 2.0, 3.0], [10, 20, 30], warmup=2) is None
+    assert steady_rate([1.0, 2.0, 3.0], [10, 20, 30], warmup=0) is None
