@@ -45,7 +45,8 @@ ENV WORKBENCH_HOME=/workspace \
 VOLUME ["/workspace"]
 EXPOSE 7860
 
+# Asks the port the UI serves on (WORKBENCH_PORT; `docker run -e WORKBENCH_PORT=...` moves both).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=8)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/' % os.environ.get('WORKBENCH_PORT', '7860'), timeout=8)"]
 
 CMD ["python", "app.py"]
