@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, for one call on a GPU machine (after benchmarks/gpu_prepare.sh here; carry .whl and .gpu):
-#   BUDGET=560 bash benchmarks/gpu_session.sh [tests] [vram] [vram-trainer] [vram-ours] [speed] [speed16] [distributed]
+#   BUDGET=560 bash benchmarks/gpu_session.sh [tests] [vram] [vram-trainer] [vram-ours] [speed] [speed-qlora]
+#                                             [speed16] [distributed]
 # tests: the CUDA tests and the fast-path tests on the GPU; vram: the memory estimate's plain step against
 # five short runs stepped as the reference measurements were (--cases quick); vram-trainer: the same cases
 # through our Trainer; vram-ours: those cases with our trainer's defaults (padding-free, fused loss);
-# speed: baseline vs ours, LoRA and QLoRA, 40 steps (the first 5 left out of the steady rate), one repeat, batch 4 (speed16: batch 16);
+# speed: baseline vs ours, LoRA and QLoRA, 40 steps (the first 5 left out of the steady rate), one repeat, batch 4
+# (speed16: batch 16; speed-qlora: QLoRA alone, with and without the fp32 upcast of the unquantized weights);
 # distributed: tests/test_distributed.py (the FSDP test needs two GPUs). Stages run in the order given,
 # each within its own limit and within BUDGET seconds for the whole call (a stage that would start with
 # under 30 s left is skipped). Results, and one log of the whole call, go to $OUT (default ./gpu-results).
@@ -49,10 +51,12 @@ for stage in "${@:-tests vram speed}"; do
         vram-ours) step vram-ours 240 "${VRAM[@]}" --cases ours --loop trainer --out "$OUT/vram_ours.jsonl" ;;
         speed) step speed 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
                    --out "$OUT/train_speed.json" ;;
+        speed-qlora) step speed-qlora 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
+                         --methods qlora --arms baseline,ours,ours-half-rest --out "$OUT/train_speed_qlora.json" ;;
         speed16) step speed16 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
                      --batch-size 16 --out "$OUT/train_speed_b16.json" ;;
         distributed) step distributed 300 $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py ;;
-        *) echo "unknown stage: $s (tests, vram, vram-trainer, vram-ours, speed, speed16, distributed)"; exit 2 ;;
+        *) echo "unknown stage: $s (tests, vram, vram-trainer, vram-ours, speed, speed-qlora, speed16, distributed)"; exit 2 ;;
         esac
     done
 done

@@ -51,15 +51,19 @@ ABLATIONS = {                       # one technique off at a time
     "ours-fp32-weights": {"dtype": "bf16"},     # bf16 autocast over fp32 base weights
     "ours-padded": {"padding_free": False},
     "ours-stock-loss": {"fused_loss": False},
+    "ours-half-rest": {"quant": {"upcast_unquantized": False}},   # QLoRA: embeddings and norms stay bf16
 }
 
 
 def run_config(spec: dict, train: dict):
+    """The run's config; `train` holds train-section keys, and a "quant" key for that section."""
     from core.config import RunConfig
 
+    train = dict(train)
+    quant = train.pop("quant", {})
     return RunConfig.from_dict({
         "model": spec["model"], "method": spec["method"], "datasets": [str(p) for p in DATASETS],
-        "output_dir": spec["out"], "data": {"max_seq_len": spec["max_len"]},
+        "output_dir": spec["out"], "data": {"max_seq_len": spec["max_len"]}, "quant": quant,
         "train": {"max_steps": spec["steps"], "epochs": 1, "batch_size": spec["batch"], "logging_steps": 1, **train}})
 
 

@@ -83,6 +83,14 @@ class QuantOptions:
     double_quant: bool = opt(True, "Quantize the quantization constants too (saves about 0.4 bits per weight).",
                              "对量化常数再次量化（每个权重约省 0.4 位）。",
                              label="Double quantization", label_zh="双重量化")
+    upcast_unquantized: bool = opt(True, "Cast the weights that stay unquantized (embeddings, norms, output head) "
+                                   "to fp32, as peft's prepare_model_for_kbit_training does. Off keeps them in the "
+                                   "model's half precision: a half-precision residual stream, about half the "
+                                   "activation memory.",
+                                   "将未量化的权重（嵌入、归一化层、输出头）转为 fp32，与 peft 的 "
+                                   "prepare_model_for_kbit_training 相同。关闭则保留半精度：残差流为半精度，"
+                                   "激活显存约减半。",
+                                   label="Upcast unquantized weights to fp32", label_zh="未量化权重转 fp32")
 
 
 @dataclass

@@ -94,9 +94,11 @@ def build_model(cfg: RunConfig, resolved: models.ResolvedModel, precision: Preci
     model = models.load_causal_lm(resolved, dtype=precision.weights, quantization_config=quant,
                                   device_map=device_map, trust_remote_code=cfg.trust_remote_code)
     model.config.use_cache = False
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and cfg.quant.upcast_unquantized:
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    elif cfg.method == "qlora":
+        model.requires_grad_(False)     # what prepare_model_for_kbit_training does besides the fp32 cast
     if cfg.is_adapter_method():
         from peft import LoraConfig, get_peft_model
         targets = [t.strip() for t in cfg.lora.target_modules.split(",") if t.strip()]

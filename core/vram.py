@@ -38,7 +38,7 @@ FUSED_CHUNK = 1 << 22         # logits per chunk of core.fused_loss
 class Setup:
     """How our trainer builds this run on a GPU with bf16 (choose_precision, build_model)."""
     method: str
-    weight: int          # bytes per base weight (the non-quantized ones for QLoRA: 4 after prepare)
+    weight: int          # bytes per base weight (for QLoRA the unquantized ones: 4 once upcast)
     autocast: bool       # bf16/fp16 autocast around the forward
     quantized: bool
     double_quant: bool
@@ -68,7 +68,8 @@ class Setup:
 
     @property
     def residual(self) -> int:
-        return 4 if self.quantized else self.weight
+        """Bytes of the residual stream: the dtype of the embeddings and norms."""
+        return self.weight
 
 
 def setup_for(cfg: RunConfig) -> Setup:
@@ -77,7 +78,7 @@ def setup_for(cfg: RunConfig) -> Setup:
         weight, autocast = (2, False) if t.dtype == "bf16" else (4, True)
     else:
         weight, autocast = (4, False) if t.dtype == "fp32" else (2, True)
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and cfg.quant.upcast_unquantized:
         weight = 4                      # prepare_model_for_kbit_training: every non-4-bit weight in fp32
     targets = tuple(x.strip() for x in cfg.lora.target_modules.split(",") if x.strip())
     flat = d.packing or (t.padding_free and t.batch_size > 1)      # one sample per row: no block mask
@@ -135,7 +136,8 @@ def count(tensors) -> int:
 
 
 def weights_bytes(arch: Arch, s: Setup) -> float:
-    """Base weights; for QLoRA the 4-bit linear layers with their block constants, the rest fp32."""
+    """Base weights; for QLoRA the 4-bit linear layers with their block constants, the rest fp32 once
+    upcast, else half."""
     if not s.quantized:
         return arch.total_params() * s.weight
     quantized = arch.num_layers * arch.layer_linear_params()
@@ -146,7 +148,7 @@ def weights_bytes(arch: Arch, s: Setup) -> float:
     blocks = quantized / QUANT_BLOCK
     # double quantization: a uint8 absmax per block, an fp32 absmax per 256 of those, a 256-entry code
     constants = blocks + 4 * blocks / 256 + 1024 * tensors if s.double_quant else 4 * blocks
-    return quantized / 2 + constants + (arch.total_params() - quantized) * 4
+    return quantized / 2 + constants + (arch.total_params() - quantized) * s.weight
 
 
 def optimizer_bytes(tensors, s: Setup, param_bytes: int) -> tuple[float, float]:
@@ -303,7 +305,7 @@ def attention_path(arch: Arch, s: Setup, sb: int, sliding: bool = False) -> str:
 def layer_working_set(arch: Arch, s: Setup) -> float:
     """What one layer's backward adds while it runs: the gradients of its MLP activations and of the
     residual stream, and for QLoRA the dequantized copy of the largest weight."""
-    gb = 4 if s.quantized else s.half
+    gb = s.residual if s.quantized else s.half      # 4-bit layers return their input's dtype
     per_token = 3 * gb * arch.intermediate_size + 3 * s.residual * arch.hidden_size
     dequant = 2 * max(a * b for _, a, b in arch.layer_linears()) if s.quantized else 0
     return per_token * s.tokens + dequant
@@ -620,6 +622,9 @@ def _changes(cfg: RunConfig, arch: Arch, gpus: int) -> list:
               "gradient checkpointing: recompute activations in the backward pass (about 30% slower)",
               ["train.gradient_checkpointing=true"]),
         _micro_batch,
+        fixed(lambda c: c.method == "qlora" and c.quant.upcast_unquantized,
+              "keep QLoRA's unquantized weights in half precision: a half-precision residual stream",
+              ["quant.upcast_unquantized=false"]),
         fixed(lambda c: c.method == "lora", "QLoRA: the base model in 4 bits", ["method=qlora"]),
         fixed(lambda c: c.method in ("full", "freeze"),
               "LoRA adapters instead of training the model's own weights", ["method=lora"]),

@@ -100,6 +100,22 @@ def test_qlora_step_on_cpu(tiny_model, tmp_path, workspace):
     assert (run_dir.adapter / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("upcast", [True, False])
+def test_qlora_upcasts_the_unquantized_weights_only_when_asked(tiny_model, tmp_path, workspace, upcast):
+    from core import models
+    from core.train import build_model, choose_precision
+
+    cfg = config(tiny_model, tmp_path / "q", method="qlora", quant={"upcast_unquantized": upcast},
+                 train={"dtype": "auto", "max_steps": 2})
+    model = build_model(cfg, models.ResolvedModel(str(tiny_model), "local", str(tiny_model)),
+                        choose_precision(cfg, "cpu", cpu_bf16=True))      # bf16 base weights, as on a GPU
+    unquantized = {n: p.dtype for n, p in model.named_parameters() if "embed_tokens" in n or "norm" in n}
+    assert unquantized and set(unquantized.values()) == {torch.float32 if upcast else torch.bfloat16}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert run(cfg).read_status()["state"] == "completed"
+
+
 def test_full_and_freeze_train_the_right_parameters(tiny_model, tmp_path, workspace):
     full = run(config(tiny_model, tmp_path / "full", method="full", train={"max_steps": 2, "learning_rate": 1e-4}))
     freeze = run(config(tiny_model, tmp_path / "frz", method="freeze", freeze={"trainable_layers": 1},

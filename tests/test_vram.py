@@ -178,8 +178,10 @@ def test_layer_activations_equal_what_autograd_saves(method, dtype, weights, aut
     assert vram.layer_saved(TOY, s, full=method == "full") == pytest.approx(measured, rel=0.01)
 
 
-def test_qlora_layer_activations_equal_what_autograd_saves(tmp_path):
-    """4-bit base, fp32 norms and embeddings after prepare_model_for_kbit_training: an fp32 residual stream."""
+@pytest.mark.parametrize("upcast", [True, False])
+def test_qlora_layer_activations_equal_what_autograd_saves(tmp_path, upcast):
+    """4-bit base, fp32 norms and embeddings after prepare_model_for_kbit_training: an fp32 residual stream;
+    without the upcast a bf16 one, and 4-bit layers that return bf16."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
@@ -191,7 +193,8 @@ def test_qlora_layer_activations_equal_what_autograd_saves(tmp_path):
                                    bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, quantization_config=quant,
                                                      device_map={"": "cpu"}, attn_implementation="sdpa")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if upcast:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
         owned = {id(st): st for st in (t.untyped_storage() for t in [*model.parameters(), *model.buffers()])}
@@ -208,8 +211,19 @@ def test_qlora_layer_activations_equal_what_autograd_saves(tmp_path):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 model(input_ids=ids, labels=ids, use_cache=False)
         totals.append(sum(st.nbytes() for st in seen.values()))
-    s = vram.setup_for(cfg(method="qlora"))
+    s = vram.setup_for(cfg(method="qlora", quant={"upcast_unquantized": upcast}))
     assert vram.layer_saved(TOY, s, full=False) == pytest.approx(totals[1] - totals[0], rel=0.01)
+
+
+def test_qlora_without_the_upcast_keeps_the_unquantized_weights_and_the_residual_stream_in_bf16():
+    arch = load_arch("Qwen2.5-0.5B")
+    upcast = cfg(model="Qwen2.5-0.5B", method="qlora")
+    half = cfg(model="Qwen2.5-0.5B", method="qlora", quant={"upcast_unquantized": False})
+    unquantized = arch.total_params() - arch.num_layers * arch.layer_linear_params()
+    assert vram.weights_bytes(arch, vram.setup_for(upcast)) - vram.weights_bytes(arch, vram.setup_for(half)) == \
+        2 * unquantized
+    assert vram.setup_for(half).residual == 2 and vram.setup_for(upcast).residual == 4
+    assert parts(half, arch)["activations"] < 0.6 * parts(upcast, arch)["activations"]
 
 
 def test_lora_layer_activations_by_hand():
@@ -517,3 +531,14 @@ def test_estimate_stays_close_to_the_h100_reference_runs():
     errors = [abs(r["error_device"]) for r in results]
     assert statistics.median(errors) <= 0.08
     assert max(errors) <= 0.15
+
+
+def test_a_qlora_run_that_does_not_fit_is_offered_half_precision_unquantized_weights():
+    arch = load_arch("Qwen2.5-0.5B")
+    run_cfg = cfg(model="Qwen2.5-0.5B", method="qlora", data={"max_seq_len": 2048}, train={"batch_size": 4})
+    half = run_cfg.with_overrides(["quant.upcast_unquantized=false"])
+    gpu = (vram.estimate(half, arch=arch).total_gib + vram.estimate(run_cfg, arch=arch).total_gib) / 2
+    offered = {tuple(x.overrides): x for x in vram.suggestions(run_cfg, gpu, arch=arch)}
+    assert offered[("quant.upcast_unquantized=false",)].estimate.total_gib <= gpu
+    assert not any("quant.upcast_unquantized=false" in o for x in vram.suggestions(half, 1.0, arch=arch)
+                   for o in x.overrides)

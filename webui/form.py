@@ -18,7 +18,7 @@ from webui.i18n import Translator, field_help, field_label
 GROUPS: dict[str, list[str]] = {
     "model": ["model", "method", "name", "trust_remote_code"],
     "lora": ["lora.rank", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.rslora", "lora.dora"],
-    "quant": ["quant.quant_type", "quant.double_quant"],
+    "quant": ["quant.quant_type", "quant.double_quant", "quant.upcast_unquantized"],
     "freeze": ["freeze.trainable_layers"],
     "training": ["train.epochs", "train.max_steps", "train.learning_rate", "train.scheduler", "train.warmup_ratio",
                  "train.batch_size", "train.grad_accum", "train.optimizer", "train.dtype", "train.seed",
