@@ -63,3 +63,20 @@ def test_an_override_error_does_not_point_at_the_line_it_replaced(tmp_path):
     with pytest.raises(ConfigError) as e:
         RunConfig.load(path, overrides=["train.batch_size=0"])
     assert e.value.line is None and "too small" in str(e.value)
+
+
+def test_every_option_has_a_place_in_the_train_form():
+    """The form is built from GROUPS: an option left out of it could be set only in YAML."""
+    import dataclasses
+    import typing
+
+    from webui.form import GROUPS
+
+    def leaves(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            kind = typing.get_type_hints(cls)[f.name]
+            yield from leaves(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
+
+    in_form = {name for names in GROUPS.values() for name in names}
+    drawn_by_the_tab = {"datasets", "output_dir"}        # the dataset picker; the run folder follows the name
+    assert set(leaves(RunConfig)) - drawn_by_the_tab == in_form
