@@ -49,6 +49,16 @@ class Precision:
         return f"{w} weights" + (f", {self.autocast} autocast" if self.autocast else "")
 
 
+def precision_label(cfg: RunConfig, precision: Precision) -> str:
+    """What the run computes in, for the log and the Runs view; QLoRA names its 4-bit base and the
+    dtype the other weights end up in."""
+    if cfg.method != "qlora":
+        return precision.label
+    rest = "float32" if cfg.quant.upcast_unquantized else str(precision.weights).replace("torch.", "")
+    return f"4-bit {cfg.quant.quant_type} base, {rest} rest" + \
+        (f", {precision.autocast} autocast" if precision.autocast else "")
+
+
 def choose_precision(cfg: RunConfig, device: str | None = None, *, cpu_bf16: bool | None = None) -> Precision:
     """The dtype table, one case per line.
 
@@ -275,12 +285,12 @@ def record_start(cfg: RunConfig, run_dir: RunDir, ready: Prepared) -> dict | Non
     """The run's facts in status.json and the log; returns the memory estimate recorded."""
     trainable, total = count_parameters(ready.model)
     estimate = estimate_or_none(cfg)
-    batching = batching_label(cfg)
+    batching, precision = batching_label(cfg), precision_label(cfg, ready.precision)
     log.info("run %s: %s on %s, %s, %s batches, %s loss, trainable %d of %d parameters (%.3f%%)", run_dir.id,
-             cfg.method, cfg.model, ready.precision.label, batching, ready.loss_path, trainable, total,
+             cfg.method, cfg.model, precision, batching, ready.loss_path, trainable, total,
              100 * trainable / max(total, 1))
     run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(), unlisted=None,
-                         trainable_params=trainable, total_params=total, precision=ready.precision.label,
+                         trainable_params=trainable, total_params=total, precision=precision,
                          batching=batching, loss_path=ready.loss_path,
                          device=device_kind(), device_set=devices.occupied(), rows=ready.data.rows,
                          dropped=len(ready.data.dropped),
