@@ -71,11 +71,11 @@ def run_config(case: dict, model: str):
 
 
 def estimate(case: dict, cfg=None, plain: bool = False) -> dict:
-    """The estimate for the case as our Trainer runs it, or as the plain step does (given the command
-    line's config, or plain)."""
+    """The estimate for the case (or for the config given) as our Trainer runs it, or as the plain step
+    of the reference measurements does."""
     from core import vram
 
-    est = vram.estimate(cfg or run_config(case, case["model"]), plain=plain or cfg is not None)
+    est = vram.estimate(cfg or run_config(case, case["model"]), plain=plain)
     return {"total_gib": est.total_gib, "parts": est.parts, "peak_at": est.peak_at}
 
 
@@ -257,7 +257,7 @@ def compare_reference(folder: Path) -> list[dict]:
     (device memory in use after the run)."""
     results = []
     for ref, case in reference_cases(folder):
-        est = estimate(case, cli_config(case))
+        est = estimate(case, cli_config(case), plain=True)
         row = {"case": case, "estimate": est, "status": "ok", "device_used_gib": ref["device_used_gb"],
                "error_device": est["total_gib"] / ref["device_used_gb"] - 1, "source": ref["source"]}
         if "peak_reserved_gb" in ref:

@@ -274,6 +274,10 @@ class RunConfig:
     def is_adapter_method(self) -> bool:
         return self.method in ("lora", "qlora")
 
+    def upcasts_unquantized(self) -> bool:
+        """QLoRA with the weights it leaves unquantized cast to fp32 (peft's prepare_model_for_kbit_training)."""
+        return self.method == "qlora" and self.quant.upcast_unquantized
+
 
 def _compact_dataset(spec: DatasetSpec):
     d = dataclasses.asdict(spec)

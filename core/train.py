@@ -45,8 +45,14 @@ class Precision:
 
     @property
     def label(self) -> str:
-        w = str(self.weights).replace("torch.", "")
-        return f"{w} weights" + (f", {self.autocast} autocast" if self.autocast else "")
+        return self.describe(f"{_dtype_name(self.weights)} weights")
+
+    def describe(self, weights: str) -> str:
+        return weights + (f", {self.autocast} autocast" if self.autocast else "")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def precision_label(cfg: RunConfig, precision: Precision) -> str:
@@ -54,9 +60,8 @@ def precision_label(cfg: RunConfig, precision: Precision) -> str:
     dtype the other weights end up in."""
     if cfg.method != "qlora":
         return precision.label
-    rest = "float32" if cfg.quant.upcast_unquantized else str(precision.weights).replace("torch.", "")
-    return f"4-bit {cfg.quant.quant_type} base, {rest} rest" + \
-        (f", {precision.autocast} autocast" if precision.autocast else "")
+    rest = "float32" if cfg.upcasts_unquantized() else _dtype_name(precision.weights)
+    return precision.describe(f"4-bit {cfg.quant.quant_type} base, {rest} rest")
 
 
 def choose_precision(cfg: RunConfig, device: str | None = None, *, cpu_bf16: bool | None = None) -> Precision:
@@ -104,7 +109,7 @@ def build_model(cfg: RunConfig, resolved: models.ResolvedModel, precision: Preci
     model = models.load_causal_lm(resolved, dtype=precision.weights, quantization_config=quant,
                                   device_map=device_map, trust_remote_code=cfg.trust_remote_code)
     model.config.use_cache = False
-    if cfg.method == "qlora" and cfg.quant.upcast_unquantized:
+    if cfg.upcasts_unquantized():
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     elif cfg.method == "qlora":

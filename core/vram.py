@@ -78,7 +78,7 @@ def setup_for(cfg: RunConfig) -> Setup:
         weight, autocast = (2, False) if t.dtype == "bf16" else (4, True)
     else:
         weight, autocast = (4, False) if t.dtype == "fp32" else (2, True)
-    if cfg.method == "qlora" and cfg.quant.upcast_unquantized:
+    if cfg.upcasts_unquantized():
         weight = 4                      # prepare_model_for_kbit_training: every non-4-bit weight in fp32
     targets = tuple(x.strip() for x in cfg.lora.target_modules.split(",") if x.strip())
     flat = d.packing or (t.padding_free and t.batch_size > 1)      # one sample per row: no block mask
@@ -380,7 +380,7 @@ def loss_terms(arch: Arch, s: Setup) -> dict:
     # The log_softmax gradient needs a block as large as the fp32 logits. The blocks free at that
     # moment are half-size ones, the previous step's logits and this step's (plain step) or this step's
     # alone, freed with the output (Trainer); none can serve it, so the allocator maps a new one.
-    stranded = (2 * lb if s.output_held else lb) * blv if lb == 2 else 0.0
+    stranded = (held + lb) * blv if lb == 2 else 0.0
     return {"forward": forward, "backward": backward, "held": held * blv, "stranded": stranded}
 
 
@@ -622,7 +622,7 @@ def _changes(cfg: RunConfig, arch: Arch, gpus: int) -> list:
               "gradient checkpointing: recompute activations in the backward pass (about 30% slower)",
               ["train.gradient_checkpointing=true"]),
         _micro_batch,
-        fixed(lambda c: c.method == "qlora" and c.quant.upcast_unquantized,
+        fixed(lambda c: c.upcasts_unquantized(),
               "keep QLoRA's unquantized weights in half precision: a half-precision residual stream",
               ["quant.upcast_unquantized=false"]),
         fixed(lambda c: c.method == "lora", "QLoRA: the base model in 4 bits", ["method=qlora"]),
