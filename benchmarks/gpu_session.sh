@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks, for one call on a GPU machine (after benchmarks/gpu_prepare.sh here; carry .whl and .gpu):
 #   BUDGET=560 bash benchmarks/gpu_session.sh [tests] [vram] [vram-trainer] [vram-ours] [speed] [speed-qlora]
-#                                             [speed16] [distributed]
+#                                             [speed16] [speed-liger] [distributed]
 # tests: the CUDA tests and the fast-path tests on the GPU; vram: the memory estimate's plain step against
 # five short runs stepped as the reference measurements were (--cases quick); vram-trainer: the same cases
 # through our Trainer; vram-ours: those cases with our trainer's defaults (padding-free, fused loss);
 # speed: baseline vs ours, LoRA and QLoRA, 40 steps (the first 5 left out of the steady rate), one repeat, batch 4
-# (speed16: batch 16; speed-qlora: QLoRA alone, with and without the fp32 upcast of the unquantized weights);
+# (speed16: batch 16; speed-qlora: QLoRA alone, with and without the fp32 upcast of the unquantized weights, and
+# with gradient checkpointing; speed-liger: LoRA and QLoRA with and without Liger's kernels);
 # distributed: tests/test_distributed.py (the FSDP test needs two GPUs). Stages run in the order given,
 # each within its own limit and within BUDGET seconds for the whole call (a stage that would start with
 # under 30 s left is skipped). Results, and one log of the whole call, go to $OUT (default ./gpu-results).
@@ -28,6 +29,7 @@ MODELS=/tmp/vram-models        # random-weight models, made once and shared by t
   $PY -c "import sys, torch, transformers, peft, accelerate, bitsandbytes as b, datasets; print(sys.version.split()[0], \
 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', \
 peft.__version__, 'accelerate', accelerate.__version__, 'bitsandbytes', b.__version__, 'datasets', datasets.__version__)"
+  $PY -c "import triton, liger_kernel; print('triton', triton.__version__, 'liger-kernel importable')"
   df -h /tmp | tail -1; } 2>&1 | tee -a "$OUT/session.log"
 status=0
 step() {   # name, seconds, command...
@@ -52,11 +54,13 @@ for stage in "${@:-tests vram speed}"; do
         speed) step speed 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
                    --out "$OUT/train_speed.json" ;;
         speed-qlora) step speed-qlora 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
-                         --methods qlora --arms baseline,ours,ours-half-rest --out "$OUT/train_speed_qlora.json" ;;
+                         --methods qlora --arms baseline,ours,ours-half-rest,ours-ckpt --out "$OUT/train_speed_qlora.json" ;;
         speed16) step speed16 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
                      --batch-size 16 --out "$OUT/train_speed_b16.json" ;;
+        speed-liger) step speed-liger 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
+                         --arms baseline,ours,ours-liger --out "$OUT/train_speed_liger.json" ;;
         distributed) step distributed 300 $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py ;;
-        *) echo "unknown stage: $s (tests, vram, vram-trainer, vram-ours, speed, speed-qlora, speed16, distributed)"; exit 2 ;;
+        *) echo "unknown stage: $s (tests, vram, vram-trainer, vram-ours, speed, speed-qlora, speed16, speed-liger, distributed)"; exit 2 ;;
         esac
     done
 done

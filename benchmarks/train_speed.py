@@ -53,6 +53,11 @@ ABLATIONS = {                       # one technique off at a time
     "ours-stock-loss": {"fused_loss": False},
     "ours-half-rest": {"quant": {"upcast_unquantized": False}},   # QLoRA: embeddings and norms stay bf16
 }
+EXTRAS = {                          # one option on that ours leaves off (not part of --arms all)
+    "ours-liger": {"liger_kernels": True},      # Liger's norm, MLP, rotary and loss kernels (CUDA, liger-kernel)
+    "ours-ckpt": {"gradient_checkpointing": True},
+}
+VARIANTS = {**ABLATIONS, **EXTRAS}
 
 
 def run_config(spec: dict, train: dict):
@@ -89,7 +94,8 @@ def arm_ours(spec: dict, overrides: dict) -> dict:
     return {"losses": [r["loss"] for r in rows], "tokens": rows[-1]["tokens_seen"],
             "train_s": rows[-1]["time"] - status["started_at"], "cpu_s": time.process_time() - cpu0,
             "step_times": [r["time"] for r in rows], "step_tokens": [r["tokens_seen"] for r in rows],
-            "precision": status["precision"], "batching": status["batching"], "loss_path": status["loss_path"]}
+            "precision": status["precision"], "batching": status["batching"], "loss_path": status["loss_path"],
+            "kernels": status.get("kernels")}
 
 
 def arm_baseline(spec: dict) -> dict:
@@ -215,7 +221,7 @@ def run_child(arm: str, spec: dict) -> None:
     elif arm.startswith("loss-"):
         result = arm_loss_memory(spec, fused=arm == "loss-fused")
     else:
-        result = arm_ours(spec, ABLATIONS.get(arm, {}))
+        result = arm_ours(spec, VARIANTS.get(arm, {}))
     result.update(peak_memory())
     if "tokens" in result:
         result["tokens_per_s"] = result["tokens"] / result["train_s"]
@@ -343,9 +349,9 @@ def main(argv=None) -> int:
         return 0
     gpu = torch.cuda.is_available()
     arms = {"ours": ["baseline", "ours"], "all": ["baseline", "ours", *ABLATIONS]}.get(a.arms) or a.arms.split(",")
-    unknown = set(arms) - {"baseline", "ours", *ABLATIONS}
+    unknown = set(arms) - {"baseline", "ours", *VARIANTS}
     if unknown:
-        p.error(f"unknown arms: {', '.join(sorted(unknown))}; known: baseline, ours, {', '.join(ABLATIONS)}")
+        p.error(f"unknown arms: {', '.join(sorted(unknown))}; known: baseline, ours, {', '.join(VARIANTS)}")
     methods = (a.methods or ("lora,qlora" if gpu else "lora")).split(",")
     report = {"machine": machine(), "arms": arms, "results": {}}
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:

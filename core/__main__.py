@@ -84,7 +84,8 @@ def cmd_estimate(args) -> int:
              "lora.dropout": args.lora_dropout, "lora.target_modules": args.target_modules,
              "train.gradient_checkpointing": args.grad_ckpt, "train.grad_accum": args.grad_accum,
              "train.optimizer": args.optim, "data.packing": args.packing,
-             "train.padding_free": args.padding_free, "train.fused_loss": args.fused_loss}
+             "train.padding_free": args.padding_free, "train.fused_loss": args.fused_loss,
+             "train.liger_kernels": args.liger_kernels}
     cfg = vram.config_from_cli(args.config, args.overrides, flags)
     arch = load_arch(cfg.model, cfg.trust_remote_code)
     gpus = args.gpus
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packing", action=on_off)
     p.add_argument("--padding-free", action=on_off, help="off without --config (a run's default is on)")
     p.add_argument("--fused-loss", action=on_off, help="off without --config (a run's default is on)")
+    p.add_argument("--liger-kernels", action=on_off, help="Liger's norm and MLP kernels (CUDA, liger-kernel)")
     p.add_argument("--gpus", type=int, help="GPUs the run spreads over (DDP for LoRA/QLoRA, FSDP for full); "
                                             "default: what the config's gpus and nodes.count give")
     p.add_argument("--gpu-gib", type=float, help="memory of one GPU: prints the verdict and what makes it fit")

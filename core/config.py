@@ -165,6 +165,12 @@ class TrainOptions:
                                   "logits of a large vocabulary are never held whole in memory.",
                            "直接从最后的隐藏状态分块计算损失，大词表的 logits 不会整体驻留内存。",
                            label="Fused loss", label_zh="融合损失")
+    liger_kernels: bool = opt(False, "Liger's Triton kernels on a CUDA GPU: fused RMSNorm, SwiGLU and rotary "
+                                      "embedding, and Liger's fused loss. Needs `pip install liger-kernel`; "
+                                      "elsewhere PyTorch's kernels run.",
+                              "在 CUDA GPU 上使用 Liger 的 Triton 内核：融合的 RMSNorm、SwiGLU、旋转位置编码和 Liger "
+                              "融合损失。需要 `pip install liger-kernel`；否则使用 PyTorch 自带内核。",
+                              label="Liger kernels", label_zh="Liger 内核")
     logging_steps: int = opt(1, "Write metrics every N optimizer steps.", "每 N 个优化步记录一次指标。",
                              label="Log every", label_zh="记录间隔", min=1)
     eval_steps: int = opt(0, "Evaluate every N steps (0 = at the end of each epoch when there is an eval split).",

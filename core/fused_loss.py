@@ -5,14 +5,15 @@ to fp32 and keeps them for the backward pass: for a 150k vocabulary that is the 
 of a LoRA step. Here only the positions that carry a label go through the head, chunk by chunk,
 and each chunk's gradient is taken right away (the logits are dropped before the next chunk).
 
-Backends: Liger's fused linear cross entropy (Triton) when it is installed and a GPU is there;
-otherwise a plain-torch autograd Function (any device). Transformers and peft have no such path
+Backends: Liger's fused linear cross entropy (Triton) when the run asks for Liger's kernels and
+they can run (`train.liger_kernels`); otherwise a plain-torch autograd Function (any device). Transformers and peft have no such path
 for arbitrary models, so `enable` swaps the forward of the model instance it is given; the
 Trainer still calls the model and gets `loss`, and `num_items_in_batch` (gradient accumulation)
 normalises it exactly as the stock loss does.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import types
@@ -21,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from core.encode import IGNORE
-from core.hardware import liger_available
 
 log = logging.getLogger("workbench")
 
@@ -43,8 +43,9 @@ def why_unsupported(model) -> str | None:
     return None
 
 
-def enable(model) -> str | None:
-    """Route the training loss of `model` (a peft model or a plain one) through the fused path.
+def enable(model, liger: bool = False) -> str | None:
+    """Route the training loss of `model` (a peft model or a plain one) through the fused path;
+    `liger`: Liger's kernel (the caller has checked that it can run).
 
     Returns the backend used ("liger" or "chunked"), or None when the model keeps its stock loss."""
     reason = why_unsupported(model)
@@ -52,15 +53,11 @@ def enable(model) -> str | None:
         log.info("fused loss off: %s; using the standard loss", reason)
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.forward = types.MethodType(_fused_forward, base)
-    return backend_name()
+    base.forward = types.MethodType(functools.partial(_fused_forward, liger=liger), base)
+    return "liger" if liger else "chunked"
 
 
-def backend_name() -> str:
-    return "liger" if liger_available() else "chunked"
-
-
-def _fused_forward(self, input_ids=None, labels=None, **kwargs):
+def _fused_forward(self, input_ids=None, labels=None, *, liger: bool = False, **kwargs):
     """The model's forward with labels: the loss without logits. Without labels: the stock forward."""
     if labels is None:
         return type(self).forward(self, input_ids=input_ids, **kwargs)
@@ -73,12 +70,13 @@ def _fused_forward(self, input_ids=None, labels=None, **kwargs):
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=IGNORE)[..., 1:]
     loss = linear_cross_entropy(outputs.last_hidden_state, self.get_output_embeddings(), shift_labels,
-                                num_items_in_batch)
+                                num_items_in_batch, liger=liger)
     return CausalLMOutputWithPast(loss=loss, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
-                         num_items_in_batch=None, *, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+                         num_items_in_batch=None, *, chunk_elements: int = CHUNK_ELEMENTS,
+                         liger: bool = False) -> torch.Tensor:
     """cross_entropy(head(hidden), targets) over the non-ignored targets, never holding all logits.
 
     Mean over the labelled positions, or their sum over `num_items_in_batch` when given (the
@@ -94,7 +92,7 @@ def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: t
         h, weight = h.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     with torch.autocast(device, enabled=False):
-        if liger_available() and h.is_cuda:
+        if liger and h.is_cuda:
             total = _liger_sum(h, weight, bias, t)
         else:
             rows = max(1, chunk_elements // weight.shape[0])

@@ -47,6 +47,10 @@ def cuda_has_bf16() -> bool:
     return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def liger_available() -> bool:
-    """Liger's Triton kernels: importable, and a CUDA device to run them on."""
-    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+def liger_missing() -> str | None:
+    """Why Liger's Triton kernels cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return "they run on CUDA GPUs only"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed (pip install liger-kernel)"
+    return None

@@ -23,7 +23,7 @@ from core.batching import FlattenCollator, PadCollator
 from core.config import RunConfig
 from core.encode import ensure_chat_template
 from core.errors import ConfigError, WorkbenchError
-from core.hardware import cpu_has_fast_bf16, cuda_has_bf16, device_kind
+from core.hardware import cpu_has_fast_bf16, cuda_has_bf16, device_kind, liger_missing
 from core.progress import ProgressCallback, StopRequest, peak_memory_gib, setup_logging
 from core.runfiles import RunDir, run_dir_for
 from core.workspace import atomic_write_json
@@ -31,6 +31,9 @@ from core.workspace import atomic_write_json
 log = logging.getLogger("workbench")
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw8bit": "adamw_bnb_8bit", "paged_adamw8bit": "paged_adamw_8bit"}
+# Liger's norm, MLP and rotary kernels; its loss runs inside core.fused_loss, which already skips the logits.
+LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}
 
 
 class RunFailed(Exception):
@@ -162,7 +165,7 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def training_arguments(cfg: RunConfig, run: RunDir, precision: Precision, has_eval: bool):
+def training_arguments(cfg: RunConfig, run: RunDir, precision: Precision, has_eval: bool, liger: bool = False):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -200,6 +203,8 @@ def training_arguments(cfg: RunConfig, run: RunDir, precision: Precision, has_ev
         dataloader_num_workers=0,
         report_to="none",
         disable_tqdm=True,
+        use_liger_kernel=liger,             # transformers applies them to the model (peft-wrapped too)
+        liger_kernel_config=LIGER_KERNELS if liger else None,
         **parallel,
     )
 
@@ -228,6 +233,7 @@ class Prepared:
     precision: Precision
     model: torch.nn.Module
     loss_path: str
+    liger: bool
 
 
 def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
@@ -258,7 +264,8 @@ def prepare(cfg: RunConfig, run_dir: RunDir, resume: bool) -> Prepared:
         precision = choose_precision(cfg)
         log.info("data: %s", data.summary())
         model = build_model(cfg, resolved, precision)
-        loss_path = (fused_loss.enable(model) if cfg.train.fused_loss else None) or "standard"
+        liger = cfg.train.liger_kernels and liger_missing() is None
+        loss_path = (fused_loss.enable(model, liger) if cfg.train.fused_loss else None) or "standard"
     except WorkbenchError as e:
         if existed:
             run_dir.write_status(state="failed", error=str(e), finished_at=time.time())
@@ -271,7 +278,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir, resume: bool) -> Prepared:
         if existed:
             run_dir.write_status(state="stopped", error=None, finished_at=time.time())
         raise
-    return Prepared(ckpt, strategy, resolved, tokenizer, data, precision, model, loss_path)
+    return Prepared(ckpt, strategy, resolved, tokenizer, data, precision, model, loss_path, liger)
 
 
 def open_run_dir(cfg: RunConfig, run_dir: RunDir, resume: bool) -> None:
@@ -291,12 +298,15 @@ def record_start(cfg: RunConfig, run_dir: RunDir, ready: Prepared) -> dict | Non
     trainable, total = count_parameters(ready.model)
     estimate = estimate_or_none(cfg)
     batching, precision = batching_label(cfg), precision_label(cfg, ready.precision)
-    log.info("run %s: %s on %s, %s, %s batches, %s loss, trainable %d of %d parameters (%.3f%%)", run_dir.id,
-             cfg.method, cfg.model, precision, batching, ready.loss_path, trainable, total,
+    kernels = "liger" if ready.liger else "pytorch"
+    if cfg.train.liger_kernels and not ready.liger:
+        log.warning("Liger kernels off: %s; PyTorch's kernels run instead", liger_missing())
+    log.info("run %s: %s on %s, %s, %s batches, %s loss, %s kernels, trainable %d of %d parameters (%.3f%%)",
+             run_dir.id, cfg.method, cfg.model, precision, batching, ready.loss_path, kernels, trainable, total,
              100 * trainable / max(total, 1))
     run_dir.write_status(state="starting", step=0, total_steps=None, error=None, pid=os.getpid(), unlisted=None,
                          trainable_params=trainable, total_params=total, precision=precision,
-                         batching=batching, loss_path=ready.loss_path,
+                         batching=batching, loss_path=ready.loss_path, kernels=kernels,
                          device=device_kind(), device_set=devices.occupied(), rows=ready.data.rows,
                          dropped=len(ready.data.dropped),
                          processes=distributed.world_size(), strategy=ready.strategy,
@@ -314,7 +324,7 @@ def fit(cfg: RunConfig, run_dir: RunDir, ready: Prepared, stop: StopRequest, est
     try:
         # The Trainer moves the model to the GPU: an out-of-memory can already happen here.
         trainer = WorkbenchTrainer(model=ready.model, data_collator=collator, processing_class=ready.tokenizer,
-                                   args=training_arguments(cfg, run_dir, ready.precision, bool(data.eval)),
+                                   args=training_arguments(cfg, run_dir, ready.precision, bool(data.eval), ready.liger),
                                    train_dataset=data.train, eval_dataset=data.eval or None,
                                    callbacks=[ProgressCallback(run_dir, stop)],
                                    length_grouped=not flattened(cfg) and cfg.train.batch_size > 1)

@@ -32,6 +32,10 @@ OPTIM8_BLOCK = 256            # bitsandbytes 8-bit optimizer state block size
 OPTIM8_MIN_SIZE = 4096        # smaller tensors keep 32-bit states in bitsandbytes' 8-bit optimizers
 INPUT_BYTES = 24              # input ids, labels and shifted labels (int64) per token
 FUSED_CHUNK = 1 << 22         # logits per chunk of core.fused_loss
+# Architectures whose norms and MLP Liger's kernels replace (liger-kernel 0.8.5's MODEL_TYPE_TO_APPLY_LIGER_FN,
+# the dense text models among them); for others transformers applies nothing and PyTorch's kernels run.
+LIGER_MODEL_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3",
+                     "phi3", "olmo2", "olmo3", "smollm3", "granite", "glm4", "exaone4", "nemotron"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Setup:
     trainable_layers: int
     embedding_states_32bit: bool = False    # transformers' Trainer keeps 8-bit optimizers' embeddings in 32 bits
     output_held: bool = False                # the plain step keeps the model's output (its logits) through backward
+    liger: bool = False                      # Liger's RMSNorm and SwiGLU/GeGLU kernels
 
     @property
     def adapters(self) -> bool:
@@ -87,7 +92,7 @@ def setup_for(cfg: RunConfig) -> Setup:
                  dropout=cfg.lora.dropout > 0, ckpt=t.gradient_checkpointing, tokens=t.batch_size * d.max_seq_len,
                  row=t.batch_size * d.max_seq_len if flat else d.max_seq_len, flat=flat,
                  fused_loss=t.fused_loss, optimizer=t.optimizer, grad_accum=t.grad_accum,
-                 trainable_layers=cfg.freeze.trainable_layers)
+                 trainable_layers=cfg.freeze.trainable_layers, liger=t.liger_kernels)
 
 
 # ---- parameters ---------------------------------------------------------------------------------
@@ -186,15 +191,21 @@ class _Layer:
 
     def norm(self, x: int, gemma: bool = False) -> int:
         """RMSNorm of an x-byte input: keeps its fp32 copy, and the normalised input when its weight
-        trains. Returns the output's bytes."""
+        trains (Liger's kernel: the input itself and one fp32 scale per row). Returns the output's bytes."""
         h, w = self.arch.hidden_size, self.s.weight
-        self.saved += 4 * h + (((4 if gemma else x) * h) if self.full else 0)
+        if self.s.liger:
+            self.saved += x * h + 4
+        else:
+            self.saved += 4 * h + (((4 if gemma else x) * h) if self.full else 0)
         return x if gemma else max(w, x)
 
     def head_norm(self, x: int, features: int) -> int:
         """Qwen 3 / Gemma 3 norm of the query or key heads."""
         gemma = self.arch.gemma_norms
-        self.saved += 4 * features + (((4 if gemma else x) * features) if self.full else 0)
+        if self.s.liger:
+            self.saved += x * features + 4 * (features // self.arch.head_dim)
+        else:
+            self.saved += 4 * features + (((4 if gemma else x) * features) if self.full else 0)
         return x if gemma else max(self.s.weight, x)
 
     def projections(self, names, x: int, features: int, kept: bool = False) -> None:
@@ -270,7 +281,7 @@ def layer_saved(arch: Arch, s: Setup, *, full: bool, sliding: bool = False) -> f
     L.projections(up, x, h)
     L.dora(up, x)
     gb = L.out(up[0], x)
-    L.saved += 3 * gb * i                       # gate (for the activation), activation output, up
+    L.saved += (2 if s.liger else 3) * gb * i   # gate (for the activation), activation output, up; Liger: gate, up
     L.projections(("down_proj",), gb, i)
     L.dora(("down_proj",), gb)
     if arch.gemma_norms:
@@ -306,7 +317,8 @@ def layer_working_set(arch: Arch, s: Setup) -> float:
     """What one layer's backward adds while it runs: the gradients of its MLP activations and of the
     residual stream, and for QLoRA the dequantized copy of the largest weight."""
     gb = s.residual if s.quantized else s.half      # 4-bit layers return their input's dtype
-    per_token = 3 * gb * arch.intermediate_size + 3 * s.residual * arch.hidden_size
+    mlp = 1 if s.liger else 3                       # Liger's backward writes the two gradients over its inputs
+    per_token = mlp * gb * arch.intermediate_size + 3 * s.residual * arch.hidden_size
     dequant = 2 * max(a * b for _, a, b in arch.layer_linears()) if s.quantized else 0
     return per_token * s.tokens + dequant
 
@@ -342,7 +354,10 @@ def tail_saved(arch: Arch, s: Setup) -> float:
     autocast casts an fp32 head (QLoRA after prepare, fp32 full tuning)."""
     T, h = s.tokens, arch.hidden_size
     full = s.method == "full"
-    saved = (4 * h + (s.residual * h if full else 0)) * T
+    if s.liger:
+        saved = (s.residual * h + 4) * T
+    else:
+        saved = (4 * h + (s.residual * h if full else 0)) * T
     nb = max(s.weight, s.residual)
     head_lora = s.adapters and "lm_head" in s.targets
     if full or head_lora:
@@ -444,6 +459,8 @@ def estimate(cfg: RunConfig, *, gpus: int = 1, arch: Arch | None = None, plain: 
         raise ConfigError(f"the number of GPUs must be at least 1, got {gpus}", field="gpus")
     arch = arch or load_arch(cfg.model, cfg.trust_remote_code)
     s = setup_for(cfg)
+    if s.liger and arch.model_type not in LIGER_MODEL_TYPES:
+        s = replace(s, liger=False)
     if plain:
         s = replace(s, output_held=True)
     elif s.method == "full" and s.optimizer != "adamw":
@@ -458,7 +475,7 @@ def estimate(cfg: RunConfig, *, gpus: int = 1, arch: Arch | None = None, plain: 
     parts = {k: round(parts[k] / GIB, 3) for k in PARTS}
     return Estimate(parts=parts, total_gib=round(sum(parts.values()), 3), peak_at=event, strategy=strategy,
                     gpus=gpus, trainable_params=count(trainable), total_params=arch.total_params(),
-                    notes=_notes(arch, s), warnings=_warnings(arch))
+                    notes=_notes(arch, s, cfg.train.liger_kernels), warnings=_warnings(arch))
 
 
 def _persistent(arch: Arch, s: Setup, trainable, p_bytes: int, strategy: str, gpus: int) -> dict:
@@ -525,8 +542,13 @@ def _warnings(arch: Arch) -> list[str]:
             f"{arch.model_type} config are counted, so the estimate may be far off"]
 
 
-def _notes(arch: Arch, s: Setup) -> list[str]:
+def _notes(arch: Arch, s: Setup, liger_asked: bool) -> list[str]:
     notes = []
+    if s.liger:
+        notes.append("Liger's kernels are counted: they run on a CUDA GPU with liger-kernel installed, "
+                     "else PyTorch's kernels keep more activations")
+    elif liger_asked:
+        notes.append(f"Liger's kernels do not cover {arch.model_type or 'this model'}: PyTorch's kernels are counted")
     if s.fused_loss and not fused_loss_applies(arch, s):
         notes.append(f"the fused loss does not apply to {arch.model_type or 'this model'}: the stock loss is counted")
     if s.optimizer == "paged_adamw8bit":

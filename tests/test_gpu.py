@@ -2,6 +2,7 @@
 recorded beside the estimate, and a CUDA out-of-memory that fails the run cleanly. Skipped where no
 GPU is present (CI); benchmarks/gpu_session.sh runs them on a GPU machine."""
 import gc
+import importlib.util
 import json
 
 import pytest
@@ -79,3 +80,67 @@ def test_a_cuda_out_of_memory_fails_the_run_cleanly_and_says_what_to_change(tiny
     assert json.loads(status.read_text())["state"] == "failed"
     assert "Changes that fit" in str(failed.value) or "gradient checkpointing" in str(failed.value)
     assert not (tmp_path / "oom" / "adapter").exists()
+
+
+needs_liger = pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel")
+
+
+@pytest.fixture(autouse=True)
+def llama_modelling_restored():
+    """Liger swaps classes and functions in transformers' Llama module for the whole process (a worker
+    runs one run); the tests after these must get PyTorch's back."""
+    from transformers.models.llama import modeling_llama
+
+    before = dict(vars(modeling_llama))
+    yield
+    for name, value in before.items():
+        setattr(modeling_llama, name, value)
+
+
+@needs_liger
+def test_liger_kernels_train_on_the_gpu_with_pytorchs_loss_curve(tiny_model, tmp_path, workspace):
+    curves = {}
+    for liger in (False, True):
+        run_dir = run(config(tiny_model, tmp_path / f"r{liger}", train={"liger_kernels": liger}))
+        status = run_dir.read_status()
+        assert status["state"] == "completed"
+        assert (status["kernels"], status["loss_path"]) == (("liger", "liger") if liger else ("pytorch", "chunked"))
+        curves[liger] = [r["loss"] for r in run_dir.read_metrics() if "loss" in r]
+    assert curves[True] == pytest.approx(curves[False], abs=0.05)
+
+
+@needs_liger
+def test_liger_layer_activations_equal_what_autograd_saves_on_the_gpu():
+    """The estimate's Liger terms against a real bf16 LoRA forward with the kernels in place."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.integrations.liger import apply_liger_kernel
+
+    from core import vram
+    from core.train import LIGER_KERNELS
+    from test_vram import TOY, TOY_HF, cfg
+
+    totals = []
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **TOY_HF)).to("cuda", torch.bfloat16)
+        model.config._attn_implementation = "sdpa"
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+        apply_liger_kernel(model, LIGER_KERNELS)
+        owned = {id(st) for st in (t.untyped_storage() for t in [*model.parameters(), *model.buffers()])}
+        seen = {}
+
+        def pack(t):
+            st = t.untyped_storage()
+            if id(st) not in owned:
+                seen[id(st)] = st
+            return t
+
+        ids = torch.randint(0, TOY_HF["vocab_size"], (2, 256), device="cuda")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model(input_ids=ids, labels=ids, use_cache=False)
+        totals.append(sum(st.nbytes() for st in seen.values()))
+    s = vram.setup_for(cfg(train={"liger_kernels": True}))
+    assert vram.layer_saved(TOY, s, full=False) == pytest.approx(totals[1] - totals[0], rel=0.01)

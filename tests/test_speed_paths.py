@@ -279,3 +279,13 @@ def test_fused_loss_leaves_the_trainer_loss_curve_unchanged(tiny_model, tmp_path
     assert curves[0] == pytest.approx(curves[1], rel=2e-3)
     meta = json.loads((run_dir.adapter / "workbench.json").read_text())
     assert meta["metrics"]["steps"] == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a CUDA GPU")
+def test_liger_kernels_asked_for_without_a_gpu_say_so_and_the_run_trains_with_pytorchs(tiny_model, tmp_path,
+                                                                                          workspace):
+    run_dir = run(config(tiny_model, tmp_path / "r", max_steps=2, fused_loss=True, liger_kernels=True))
+    status = run_dir.read_status()
+    assert status["state"] == "completed"
+    assert (status["loss_path"], status["kernels"]) == ("chunked", "pytorch")
+    assert "Liger kernels off: they run on CUDA GPUs only" in run_dir.log.read_text()

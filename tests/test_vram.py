@@ -237,6 +237,27 @@ def test_lora_layer_activations_by_hand():
     assert vram.layer_saved(TOY, s, full=False) == per_token * 512 + 2 * TOY_LORA8 // 2
 
 
+def test_liger_kernels_keep_each_norms_input_and_the_mlps_gate_and_up_by_hand():
+    """Liger's RMSNorm keeps its bf16 input and one fp32 scale per token instead of an fp32 copy (2 norms
+    a layer); its SwiGLU keeps gate and up and recomputes the activation (one bf16 intermediate less)."""
+    h, i, tokens = 64, 128, 512
+    eager, liger = vram.setup_for(cfg()), vram.setup_for(cfg(train={"liger_kernels": True}))
+    assert liger.liger and not eager.liger
+    saved_less = 2 * (4 * h - (2 * h + 4)) + 2 * i
+    assert vram.layer_saved(TOY, eager, full=False) - vram.layer_saved(TOY, liger, full=False) == saved_less * tokens
+    assert vram.tail_saved(TOY, eager) - vram.tail_saved(TOY, liger) == (4 * h - (2 * h + 4)) * tokens
+    assert vram.layer_working_set(TOY, eager) - vram.layer_working_set(TOY, liger) == 2 * 2 * i * tokens
+
+
+def test_liger_kernels_lower_the_estimate_only_for_the_architectures_they_cover():
+    on = cfg(train={"liger_kernels": True})
+    assert parts(on)["activations"] < parts(cfg())["activations"]
+    assert any("Liger" in n for n in vram.estimate(on, arch=TOY).notes)
+    other = replace(TOY, model_type="gpt_neox")
+    assert vram.estimate(on, arch=other).parts == vram.estimate(cfg(), arch=other).parts
+    assert any("do not cover gpt_neox" in n for n in vram.estimate(on, arch=other).notes)
+
+
 # ---- every input moves the estimate the way it should ----------------------------------------------
 
 def test_gradient_checkpointing_lowers_activations():
@@ -507,6 +528,7 @@ def test_cli_flags_alone_estimate_the_plain_step_and_a_config_the_runs_own_setti
     run = tmp_path / "run.yaml"
     run.write_text("model: Qwen2.5-0.5B\n")                 # a run's defaults: fused loss, padding-free, dropout
     assert parts("--config", run) == parts("--fused-loss", "--padding-free", "--lora-dropout", "0.05")
+    assert parts("--liger-kernels")["activations"] < plain["activations"]
 
 
 def test_cli_bad_input_exits_2_with_a_reason(cli, tmp_path):

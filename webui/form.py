@@ -24,7 +24,8 @@ GROUPS: dict[str, list[str]] = {
                  "train.batch_size", "train.grad_accum", "train.optimizer", "train.dtype", "train.seed",
                  "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.eval_steps",
                  "train.save_steps"],
-    "speed": ["train.gradient_checkpointing", "train.padding_free", "train.fused_loss", "data.packing"],
+    "speed": ["train.gradient_checkpointing", "train.padding_free", "train.fused_loss", "train.liger_kernels",
+              "data.packing"],
     "data": ["data.max_seq_len", "data.train_on", "data.eval_split"],
     "devices": ["gpus", "nodes.count", "nodes.host", "nodes.port"],
 }
