@@ -159,10 +159,11 @@ class ChatEngine:
         inputs = self._inputs(messages)
         streamer = CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = stop or threading.Event()
+        abandoned = threading.Event()       # the reader went away (a closed page): end the generation too
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return stop.is_set()
+                return stop.is_set() or abandoned.is_set()
 
         errors: list[BaseException] = []
 
@@ -178,15 +179,18 @@ class ChatEngine:
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         text, first = "", None
-        for piece in streamer:
-            if not piece:
-                continue
-            now = time.perf_counter() - start
-            first = now if first is None else first
-            text += piece
-            n = streamer.generated
-            rate = (n - 1) / (now - first) if n > 1 and now > first else 0.0
-            yield {"text": text.strip(), "ttft_s": first, "tokens_per_s": rate, "tokens": n}
+        try:
+            for piece in streamer:
+                if not piece:
+                    continue
+                now = time.perf_counter() - start
+                first = now if first is None else first
+                text += piece
+                n = streamer.generated
+                rate = (n - 1) / (now - first) if n > 1 and now > first else 0.0
+                yield {"text": text.strip(), "ttft_s": first, "tokens_per_s": rate, "tokens": n}
+        finally:
+            abandoned.set()
         thread.join()
         if errors:
             raise errors[0]

@@ -3,6 +3,7 @@ added to it once and picked per reply. Picking another base releases the old one
 from __future__ import annotations
 
 import gc
+import hashlib
 import threading
 from pathlib import Path
 
@@ -42,21 +43,19 @@ class ChatService:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def adapter_name(self, path: str | Path | None) -> str | None:
-        """Load the adapter once (keyed by its folder) and return the name it is used by."""
+    def adapter_name(self, engine: ChatEngine, path: str | Path | None) -> str | None:
+        """Load the adapter into `engine` once and return the name it is used by: named after its
+        folder, so that two chats asking for two adapters at once never share a name."""
         if path is None:
             return None
-        key = str(Path(path).resolve())
-        engine = self.engine
-        for name, loaded in engine.adapters.items():
-            if str(Path(loaded).resolve()) == key:
-                return name
-        return engine.add_adapter(path, name=f"a{len(engine.adapters)}")
+        name = "a" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+        with self._lock:
+            return engine.add_adapter(path, name=name)
 
     def stream(self, base: str, adapter_path, messages: list[dict], opts: GenerationOptions,
                stop: threading.Event | None = None, tokenizer_from: str | None = None):
         engine = self.ensure_base(base, tokenizer_from)
-        name = self.adapter_name(adapter_path)
+        name = self.adapter_name(engine, adapter_path)
         yield from engine.stream(messages, opts, stop, adapter=name)
 
 
@@ -68,15 +67,24 @@ def check_gpu_room(base: str) -> None:
     active = [j for j in jobs.list_jobs() if j.state in jobs.ACTIVE and j.devices != "cpu"]
     if not active:
         return
-    from core.config import RunConfig
-    from core.vram import estimate
-    free, total = torch.cuda.mem_get_info()
-    training = sum(estimate(RunConfig.load(j.dir.config)).total_gib for j in active)
+    total = torch.cuda.mem_get_info()[1]
+    training = sum(_estimate_gib(j.dir.config) for j in active)
     chat = chat_memory_gib(base)
     if training + chat > total / GIB:
         raise ChatBusy(f"the GPU is busy training ({training:.1f} GiB estimated) and this model needs about "
                        f"{chat:.1f} GiB more of the {total / GIB:.0f} GiB; the chat waits until the run ends",
                        field="model")
+
+
+def _estimate_gib(config_file: Path) -> float:
+    """A run's estimate; 0 for one that cannot be estimated (its model card gone, its config damaged)."""
+    from core.config import RunConfig
+    from core.errors import WorkbenchError
+    from core.vram import estimate
+    try:
+        return estimate(RunConfig.load(config_file)).total_gib
+    except (WorkbenchError, OSError):
+        return 0.0
 
 
 def chat_memory_gib(base: str) -> float:

@@ -54,3 +54,9 @@ def liger_missing() -> str | None:
     if importlib.util.find_spec("liger_kernel") is None:
         return "liger-kernel is not installed (pip install liger-kernel)"
     return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's own error, or the text of one raised from a CUDA kernel outside torch (bitsandbytes)."""
+    return isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in str(e) \
+        or "CUDA error: out of memory" in str(e)

@@ -297,9 +297,9 @@ def stop(job_id: str) -> Job:
     """Ask a run to stop: it saves a checkpoint and ends as 'stopped'. A queued run just leaves the queue."""
     job = get(job_id)
     if job.state == "queued":
-        _set(job_id, state="stopped", position=None, finished_at=time.time())
-        job.dir.write_status(state="stopped")
-        return get(job_id)
+        if leave_queue(job):
+            return get(job_id)
+        job = get(job_id)               # the supervisor started it meanwhile: stop the worker instead
     if job.state not in ACTIVE or not job.pid:
         raise JobError(f"run is {job.state}, not running", field="run")
     if not pid_alive(job.pid, job.id, job.dir.log):
@@ -312,6 +312,16 @@ def stop(job_id: str) -> Job:
     except ProcessLookupError:
         pass
     return job
+
+
+def leave_queue(job: Job) -> bool:
+    """Take a run out of the queue as 'stopped', unless the supervisor has started it already."""
+    with db.transaction() as conn:
+        left = conn.execute("UPDATE jobs SET state='stopped', position=NULL, finished_at=? WHERE id=? AND "
+                            "state='queued'", (time.time(), job.id)).rowcount
+        if left:
+            job.dir.write_status(state="stopped")
+    return bool(left)
 
 
 def _started_by_queue(job: Job) -> bool:
@@ -334,7 +344,7 @@ def resume(job_id: str) -> Job:
         last = conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0] or 0
         conn.execute("UPDATE jobs SET state='queued', resume=1, position=?, error=NULL, pid=NULL, finished_at=NULL "
                      "WHERE id=?", (last + 1, job_id))
-    job.dir.write_status(state="queued", error=None)
+        job.dir.write_status(state="queued", error=None)   # before the supervisor can start it and write its own
     return get(job_id)
 
 

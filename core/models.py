@@ -204,7 +204,8 @@ def explain_load_error(name: str, err: Exception) -> ModelError:
         if len(chain) > 8:
             break
     names = " ".join(type(e).__name__ for e in chain)
-    if "RepositoryNotFound" in names or "404" in text:
+    not_found = any(getattr(getattr(e, "response", None), "status_code", None) == 404 for e in chain)
+    if "RepositoryNotFound" in names or not_found:
         return ModelError(f"model '{name}' does not exist on the Hugging Face Hub (or is private)", field="model")
     if any(k in names for k in ("ConnectError", "ConnectionError", "LocalEntryNotFound", "OfflineMode")) or \
             "offline" in text.lower() or "connect" in text.lower():
@@ -255,4 +256,8 @@ def load_causal_lm(resolved: ResolvedModel, *, dtype=None, quantization_config=N
     try:
         return AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     except Exception as e:
+        from core.hardware import is_out_of_memory
+
+        if is_out_of_memory(e):         # the caller says what to change
+            raise
         raise explain_load_error(resolved.name, e) from e

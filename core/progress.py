@@ -116,6 +116,8 @@ class ProgressCallback(TrainerCallback):
 def setup_logging(run: RunDir | None) -> None:
     logger = logging.getLogger("workbench")
     logger.setLevel(logging.INFO if is_main() else logging.WARNING)    # one rank tells the story
+    for handler in logger.handlers:
+        handler.close()
     logger.handlers.clear()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stderr)

@@ -23,7 +23,7 @@ from core.batching import FlattenCollator, PadCollator
 from core.config import RunConfig
 from core.encode import ensure_chat_template
 from core.errors import ConfigError, WorkbenchError
-from core.hardware import cpu_has_fast_bf16, cuda_has_bf16, device_kind, liger_missing
+from core.hardware import cpu_has_fast_bf16, cuda_has_bf16, device_kind, is_out_of_memory, liger_missing
 from core.progress import ProgressCallback, StopRequest, peak_memory_gib, setup_logging
 from core.runfiles import RunDir, run_dir_for
 from core.workspace import atomic_write_json
@@ -244,8 +244,12 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     run_dir = run_dir_for(cfg.output_dir, cfg.name or Path(cfg.model).name)
     ready = prepare(cfg, run_dir, resume)
     open_run_dir(cfg, run_dir, resume)
-    estimate = record_start(cfg, run_dir, ready)
-    return fit(cfg, run_dir, ready, stop, estimate)
+    try:
+        estimate = record_start(cfg, run_dir, ready)
+        return fit(cfg, run_dir, ready, stop, estimate)
+    except KeyboardInterrupt:           # a stop before the first step (the Trainer setting up)
+        run_dir.write_status(state="stopped", error=None, finished_at=time.time())
+        raise
 
 
 def prepare(cfg: RunConfig, run_dir: RunDir, resume: bool) -> Prepared:
@@ -423,12 +427,6 @@ def estimate_or_none(cfg) -> dict | None:
     except Exception as e:  # an architecture the estimator does not know must not fail a finished run
         log.info("no memory estimate for %s: %s", cfg.model, e)
         return None
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """torch's own error, or the text of one raised from a CUDA kernel outside torch (bitsandbytes)."""
-    return isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in str(e) \
-        or "CUDA error: out of memory" in str(e)
 
 
 def out_of_memory_failure(cfg, run_dir: RunDir | None) -> RunFailed:

@@ -3,6 +3,7 @@ field answered in words, Start pressed twice makes one run, clone back into the 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,8 @@ WORKSPACE = {}
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, embedded_model):
     workspace = WORKSPACE["path"] = tmp_path_factory.mktemp("ui-train") / "workspace"
-    with serve(workspace) as (url, _):
+    tmp = WORKSPACE["tmp"] = tmp_path_factory.mktemp("ui-train-tmp")
+    with serve(workspace, env={"TMPDIR": str(tmp)}) as (url, _):
         with browser() as b:
             page = b.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
@@ -55,6 +57,19 @@ def test_a_bad_field_is_refused_with_its_name(page):
     message.get_by_text("Rank", exact=True).wait_for()
     assert "lora.rank" in message.inner_text() and "too small" in message.inner_text()
     set_field(page, "field-lora-rank", 8)
+
+
+def test_download_gives_the_config_of_the_form_from_one_file_per_tab(page):
+    page.locator("#preview-box").get_by_text("Config and command").click()
+    for rank in (12, 24):
+        set_field(page, "field-lora-rank", rank)
+        page.wait_for_function(f"() => document.querySelector('#preview').innerText.includes('rank: {rank}')")
+    with page.expect_download() as download:
+        page.locator("#download-yaml").click()
+    assert "rank: 24" in Path(download.value.path()).read_text()
+    assert len(list(WORKSPACE["tmp"].glob("workbench-configs-*/*/config.yaml"))) == 1
+    set_field(page, "field-lora-rank", 8)
+    page.locator("#preview-box").get_by_text("Config and command").click()
 
 
 def test_start_pressed_twice_queues_one_run_that_completes(page, tiny_model):

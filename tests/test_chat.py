@@ -68,6 +68,31 @@ def test_stop_ends_a_stream_early(tiny_model):
     assert seen < 400
 
 
+def test_a_stream_whose_reader_goes_away_ends_its_generation(tiny_model):
+    """A closed page closes the reply's generator; the generation must not run on holding the model."""
+    engine = ChatEngine(str(tiny_model))
+    stream = engine.stream(ASK, GenerationOptions(max_new_tokens=4000))
+    next(stream)
+    stream.close()
+    assert engine.lock.acquire(timeout=10)
+    engine.lock.release()
+
+
+def test_two_chats_loading_two_adapters_at_once_each_get_their_own(tiny_model, adapters):
+    service = ChatService()
+    engine = service.ensure_base(str(tiny_model))
+    names = {}
+
+    def load(path):
+        names[path] = service.adapter_name(engine, path)
+    threads = [threading.Thread(target=load, args=(path,)) for path in adapters]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(names.values())) == 2
+    assert all(engine.adapters[name] == str(path) for path, name in names.items())
+    assert service.adapter_name(engine, adapters[0]) == names[adapters[0]]
+
+
 def test_service_keeps_the_base_loaded_and_loads_each_adapter_once(tiny_model, adapters):
     service = ChatService()
     list(service.stream(str(tiny_model), adapters[0], ASK, GREEDY))
@@ -84,3 +109,12 @@ def test_a_conversation_sent_back_as_content_parts_gets_the_same_answer(tiny_mod
              {"role": "user", "content": "Who are you?"}]
     parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in turns]
     assert engine.reply(parts, GREEDY) == engine.reply(turns, GREEDY)
+
+
+def test_a_run_that_cannot_be_estimated_counts_nothing_against_the_chat(tmp_path):
+    from core.chat_service import _estimate_gib
+
+    good, damaged = tmp_path / "good.yaml", tmp_path / "damaged.yaml"
+    good.write_text("model: Qwen2.5-0.5B\n")
+    damaged.write_text("model: [unclosed\n")
+    assert _estimate_gib(good) > 1 and _estimate_gib(damaged) == 0.0 == _estimate_gib(tmp_path / "gone.yaml")

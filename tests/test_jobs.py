@@ -288,3 +288,15 @@ def test_stop_never_signals_a_process_that_is_not_the_runs_worker(workspace):
         assert state("gone-1") == "failed" and other.poll() is None
     finally:
         other.kill()
+
+
+def test_a_stop_that_finds_the_run_just_started_leaves_it_to_the_worker(tiny_model, workspace):
+    """The supervisor may start a queued run between a Stop's read and its write: the run must not be
+    marked stopped while its worker trains on unsignalled."""
+    job = jobs.submit(cfg(tiny_model))
+    jobs._set(job.id, state="starting", position=None)          # as the supervisor's start does
+    assert jobs.leave_queue(job) is False
+    assert state(job.id) == "starting" and job.dir.read_status()["state"] == "queued"
+    jobs._set(job.id, state="queued")
+    assert jobs.leave_queue(job) is True
+    assert state(job.id) == "stopped" and job.dir.read_status()["state"] == "stopped"

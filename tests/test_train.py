@@ -206,6 +206,21 @@ def test_a_hub_found_down_is_asked_again_and_odd_ids_are_refused_in_words():
     assert refused.value.field == "model"
 
 
+def test_a_load_error_is_called_a_missing_model_only_when_the_hub_says_so():
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from core.models import explain_load_error
+
+    import httpx
+
+    response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/models/a/b"))
+    missing = RepositoryNotFoundError("Repository Not Found for url", response=response)
+    assert "does not exist on the Hugging Face Hub" in str(explain_load_error("a/b", missing))
+    other = RuntimeError("weights are 404 MiB but the disk holds 12 MiB")
+    assert str(explain_load_error("a/b", other)).endswith("cannot load model 'a/b': weights are 404 MiB but the "
+                                                          "disk holds 12 MiB")
+
+
 def test_unparseable_dataset_names_file_and_line(tmp_path, cli, tiny_model, workspace):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q2", "output": \n')
@@ -226,7 +241,8 @@ def test_existing_run_is_never_overwritten(tiny_model, tmp_path, workspace):
 
 
 @pytest.mark.parametrize("where,error", [
-    ("core.train.build_model", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")),
+    ("transformers.AutoModelForCausalLM.from_pretrained",
+     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 404.00 MiB")),
     ("core.trainer.WorkbenchTrainer.train", RuntimeError("CUDA error: out of memory")),
 ], ids=["while-loading", "raised-by-a-kernel"])
 def test_an_out_of_memory_anywhere_fails_the_run_with_advice(tiny_model, tmp_path, workspace, monkeypatch,
@@ -244,6 +260,24 @@ def test_an_out_of_memory_anywhere_fails_the_run_with_advice(tiny_model, tmp_pat
     status = RunDir(out).read_status()
     assert status["state"] == "failed" and status["error"].startswith("out of memory")
     assert not (out / "adapter").exists()
+
+
+def test_a_stop_while_the_trainer_sets_up_ends_the_run_as_stopped(tiny_model, tmp_path, workspace, monkeypatch):
+    import os
+    import signal
+
+    from core.trainer import WorkbenchTrainer
+
+    build = WorkbenchTrainer.__init__
+
+    def stop_arrives(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)        # what the queue's Stop sends the worker
+        build(self, *args, **kwargs)
+    monkeypatch.setattr(WorkbenchTrainer, "__init__", stop_arrives)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tiny_model, out))
+    assert RunDir(out).read_status()["state"] == "stopped"
 
 
 def test_out_of_memory_names_changes_that_fit_the_gpu_it_ran_on(monkeypatch):
@@ -265,3 +299,19 @@ def test_an_output_dir_that_cannot_be_written_is_bad_input(tmp_path, cli, tiny_m
     config(tiny_model, blocker / "run").save(path)
     r = cli("train", "--config", path)
     assert r.returncode == 2 and "output_dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_setting_up_the_log_again_closes_the_file_it_had_open(tmp_path):
+    import os
+
+    from core.progress import setup_logging
+
+    run_dir = RunDir(tmp_path / "r")
+    run_dir.root.mkdir()
+    open_on_log = lambda: sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(run_dir.log.resolve())
+                              for fd in os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        setup_logging(run_dir)
+    assert open_on_log() == 1
+    setup_logging(None)
+    assert open_on_log() == 0

@@ -20,7 +20,8 @@ footer {display: none !important}
 
 def build(lang: str = "en") -> gr.Blocks:
     tr = Translator()
-    with gr.Blocks(title=t("title", lang)) as demo:
+    # Gradio copies every file it serves or receives into its cache; sweep copies older than a day hourly.
+    with gr.Blocks(title=t("title", lang), delete_cache=(3600, 86400)) as demo:
         lang_state = gr.State(lang)
         with gr.Row(equal_height=True):
             tr.add(gr.Markdown(t("header", lang, home=home()), elem_id="header"), "header", "value", home=home())

@@ -20,6 +20,8 @@ GROUP_TITLES = {"model": "train.group.model", "lora": "train.group.lora", "quant
                 "freeze": "train.group.freeze", "training": "train.group.training",
                 "speed": "train.group.speed", "data": "train.group.data", "devices": "train.group.devices"}
 SHOWN_NODES = 16          # node commands printed in full; the rest differ only in --node_rank
+# The config behind the Download button, rewritten on every form change: one file per browser tab.
+_DOWNLOADS = Path(tempfile.mkdtemp(prefix="workbench-configs-"))
 
 
 @dataclass
@@ -148,12 +150,13 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                            "value")
             message = gr.Markdown(elem_id="train-message")
             panel = memory_panel.build(tr, lang)
-            with tr.add(gr.Accordion(t("train.preview", lang), open=False), "train.preview"):
+            with tr.add(gr.Accordion(t("train.preview", lang), open=False, elem_id="preview-box"), "train.preview"):
                 preview = gr.Code(value=preview_text(cfg, lang), language="yaml", elem_id="preview")
                 with gr.Row():
                     load_yaml = tr.add(gr.UploadButton(t("train.load_yaml", lang), file_types=[".yaml", ".yml"]),
                                        "train.load_yaml")
-                    download = tr.add(gr.DownloadButton(t("train.download_yaml", lang)), "train.download_yaml")
+                    download = tr.add(gr.DownloadButton(t("train.download_yaml", lang), elem_id="download-yaml"),
+                                      "train.download_yaml")
     tab = TrainTab(form, datasets, ratios, groups, message, preview)
     nonce = gr.State(lambda: uuid.uuid4().hex)
     _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download)
@@ -219,12 +222,13 @@ def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, l
 
     method.change(on_method, [method, lr], [tab.groups["lora"], tab.groups["quant"], tab.groups["freeze"], lr])
 
-    def on_change(lang, *values):
+    def on_change(request: gr.Request, lang, *values):
         try:
             cfg = config_from_inputs(tab, list(values))
         except WorkbenchError as e:
             return f"# {describe_error(e, lang)}\n", gr.update(value=None)
-        path = Path(tempfile.mkdtemp(prefix="config-")) / "config.yaml"
+        path = _DOWNLOADS / (request.session_hash or "local") / "config.yaml"     # one file per browser tab
+        path.parent.mkdir(exist_ok=True)
         path.write_text(cfg.to_yaml())
         return preview_text(cfg, lang), gr.update(value=str(path))
 
