@@ -1,6 +1,7 @@
 # LoRA Workbench on an NVIDIA GPU machine:
 #   docker build -t lora-workbench .
-#   docker run --gpus all --shm-size 8g -p 7860:7860 -v "$PWD/workspace:/workspace" lora-workbench
+#   docker run --gpus all --init --shm-size 8g -p 7860:7860 -v "$PWD/workspace:/workspace" \
+#       -e WORKBENCH_AUTH=user:password lora-workbench
 # See the README for several GPUs, several machines and login settings.
 
 # The CUDA runtime base brings the driver hooks of the NVIDIA container toolkit; torch's PyPI

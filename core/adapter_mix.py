@@ -31,6 +31,20 @@ COMBINATION_HELP = {
 }
 
 
+def parse_weights(text: str, count: int) -> list[float]:
+    """Weights typed as "0.7, 0.3" (commas or semicolons); empty: 1 for each of `count` adapters."""
+    if not text.strip():
+        return [1.0] * count
+    weights = []
+    for item in (x.strip() for x in text.replace(";", ",").split(",") if x.strip()):
+        try:
+            weights.append(float(item))
+        except ValueError:
+            raise ConfigError(f"'{item}' is not a number; give one weight per adapter, e.g. 0.7, 0.3",
+                              field="weights") from None
+    return weights
+
+
 def mix(adapters: list[str], weights: list[float], name: str, *, combination: str = "linear",
         density: float | None = None, svd_rank: int | None = None,
         progress: Progress | None = None) -> library.AdapterInfo:

@@ -48,6 +48,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def run_labels(runs: dict[str, Job]) -> dict[str, str]:
+    """A label per run id for charts and tables: its name, with the id where two runs share a name."""
+    names = [job.name or run_id for run_id, job in runs.items()]
+    return {run_id: name if names.count(name) == 1 else f"{name} · {run_id}"
+            for (run_id, job), name in zip(runs.items(), names)}
+
+
 def differing_settings(configs: dict[str, dict]) -> dict[str, list]:
     """Keys whose values differ between runs (output folder and name aside), each with every run's value."""
     flat = {name: flatten(cfg) for name, cfg in configs.items()}

@@ -10,6 +10,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.procs import kill_all
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -49,6 +51,7 @@ def serve(workspace: Path, *extra: str, env: dict | None = None):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        kill_all(str(workspace))        # workers the app queued outlive it by design
         log.close()
 
 

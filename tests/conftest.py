@@ -19,9 +19,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
+    """A fresh workspace; workers a failed test leaves training in it are ended with it."""
+    from core.procs import kill_all
+
     home = tmp_path / "workspace"
     monkeypatch.setenv("WORKBENCH_HOME", str(home))
-    return home
+    yield home
+    kill_all(str(home))
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,12 @@ def test_differing_settings_lists_only_what_differs_in_run_order(tiny_model, wor
     assert runview.differing_settings({"a": configs["a"], "a again": configs["a"]}) == {}
 
 
+def test_two_runs_of_one_name_keep_their_own_curves_in_a_comparison(tiny_model, workspace):
+    first, second, other = (jobs.submit(cfg(tiny_model, n)) for n in ("same", "same", "other"))
+    labels = runview.run_labels({j.id: j for j in (first, second, other)})
+    assert labels == {first.id: f"same · {first.id}", second.id: f"same · {second.id}", other.id: "other"}
+
+
 def test_differing_settings_shows_a_setting_one_run_lacks():
     diffs = runview.differing_settings({"old": {"train": {"lr": 1}}, "new": {"train": {"lr": 1, "seed": 3}}})
     assert diffs == {"train.seed": [None, 3]}

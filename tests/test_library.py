@@ -492,3 +492,13 @@ def test_cli_output_cut_short_by_its_reader_ends_quietly(ws):
     proc.stdout.close()                                  # as `| head -0` does
     err = proc.stderr.read()
     assert proc.wait() == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_mix_weights_typed_in_a_box_are_read_or_refused_by_name():
+    from core.adapter_mix import parse_weights
+    from core.errors import ConfigError
+
+    assert parse_weights("0.7; 0.3,", 2) == [0.7, 0.3] and parse_weights(" ", 3) == [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="'abc' is not a number") as refused:
+        parse_weights("0.7, abc", 2)
+    assert refused.value.field == "weights"

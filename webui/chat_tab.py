@@ -110,6 +110,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
                     del history[-2:]
             yield (*_out(histories, hist_b, two, stats, t("error", lang, error=str(e)))[:-1], text)
             return
+        finally:
+            _stops.pop(request.session_hash, None)      # one entry per reply underway, not per visitor ever
         yield _out(histories, hist_b, two, stats, "")
 
     inputs = [prompt, bot_a, bot_b, base, adapter_a, adapter_b, side, system, temperature, top_p, top_k, max_new,

@@ -9,7 +9,7 @@ import pandas as pd
 from core import library
 from core.adapter_io import export_zip, import_adapter
 from core.adapter_merge import DTYPES, merge
-from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, mix
+from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, mix, parse_weights
 from core.errors import WorkbenchError
 from webui.charts import run_figure
 from webui.i18n import Translator, t
@@ -171,8 +171,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         return t("lib.imported", lang, name=info.name)
 
     def do_mix(ids, text, comb, dens, name, lang):
-        w = [float(x) for x in text.replace(";", ",").split(",") if x.strip()] if text.strip() else [1.0] * len(ids)
-        info = mix(ids or [], w, name.strip(), combination=comb,
+        info = mix(ids or [], parse_weights(text, len(ids or [])), name.strip(), combination=comb,
                    density=dens if comb in ("ties", "dare_ties") else None)
         return t("lib.mixed", lang, name=info.name)
 

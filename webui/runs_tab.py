@@ -120,7 +120,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         if not ids:
             return None, pd.DataFrame()
         jobs_by_id = {i: jobs.get(i) for i in ids}
-        names = {i: j.name or i for i, j in jobs_by_id.items()}
+        names = runview.run_labels(jobs_by_id)
         curves = {names[i]: j.dir.read_metrics() for i, j in jobs_by_id.items()}
         diffs = runview.differing_settings({names[i]: j.dir.read_config() for i, j in jobs_by_id.items()})
         frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()], columns=["setting", *curves.keys()])
