@@ -72,6 +72,9 @@ class PadCollator:
 class FlattenCollator:
     """Concatenate the batch into one row with restarting position ids and no attention mask.
 
+    transformers' DataCollatorWithFlattening numbers each row from 0, which would join the samples
+    of a packed row (it carries its own position ids) into one; this keeps the row's own numbering.
+
     The first label of every sample is masked: in a flat row it would otherwise be predicted
     from the previous sample's last token. `use_cache=False` travels with the batch because
     transformers only derives the per-sample mask from position ids when no cache is in use."""
@@ -89,13 +92,6 @@ class FlattenCollator:
             pos += x_pos
         return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
                 "position_ids": torch.tensor([pos]), "use_cache": False}
-
-
-def real_tokens(batch: dict) -> int:
-    """Tokens of the batch that are samples, not padding (what tokens/s counts)."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):

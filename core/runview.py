@@ -11,14 +11,13 @@ def summary(job: Job) -> dict:
     step, total = status.get("step") or 0, status.get("total_steps")
     started = job.started_at or status.get("started_at")
     end = job.finished_at or (time.time() if job.state in ("starting", "running") else None)
-    losses = [r["loss"] for r in job.dir.read_metrics() if "loss" in r] if job.dir.metrics.exists() else []
     return {
         "id": job.id, "name": job.name or job.id, "model": job.model, "method": job.method, "state": job.state,
         "step": step, "total_steps": total,
         "progress": step / total if total else (1.0 if job.state == "completed" else 0.0),
         "eta_s": status.get("eta_s") if job.state == "running" else None,
         "started": started, "duration_s": (end - started) if started and end else None,
-        "final_loss": losses[-1] if losses else None, "error": job.error or status.get("error"),
+        "final_loss": job.dir.last_metric("loss"), "error": job.error or status.get("error"),
         "queue_position": queue_position(job.id) if job.state == "queued" else None,
         "peak_mem_gib": status.get("peak_mem_gib"), "mem_device": status.get("mem_device"),
         "estimate_gib": status.get("estimate_gib"), "folder_missing": folder_missing(job),

@@ -244,6 +244,8 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     run_dir = run_dir_for(cfg.output_dir, cfg.name or Path(cfg.model).name)
     ready = prepare(cfg, run_dir, resume)
     open_run_dir(cfg, run_dir, resume)
+    if ready.checkpoint is not None:
+        run_dir.forget_metrics_after(int(ready.checkpoint.name.rsplit("-", 1)[1]))
     try:
         estimate = record_start(cfg, run_dir, ready)
         return fit(cfg, run_dir, ready, stop, estimate)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 
-from core.arch import Arch, list_cards, load_arch  # noqa: F401  (list_cards: the UI's model dropdown)
+from core.arch import Arch, load_arch
 from core.config import RunConfig
 from core.errors import ConfigError
 

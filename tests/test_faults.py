@@ -1,4 +1,5 @@
 """Comparing runs, and the faults the Runs queue must survive: a locked database, a full disk."""
+import json
 import resource
 import shutil
 import signal
@@ -164,3 +165,14 @@ def test_a_full_disk_while_saving_fails_the_run_cleanly_and_the_queue_goes_on(ti
     done = jobs.get(small.id)
     assert done.state == "completed", done.error
     assert (small.dir.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_the_runs_list_reads_a_runs_last_loss_from_the_end_of_its_metrics(tmp_path):
+    from core.runfiles import RunDir
+
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    rows = [{"step": i, "loss": 10 - i / 1000} for i in range(1, 5001)] + [{"step": 5000, "eval_loss": 1.5}]
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5001, "lo')   # cut mid-line
+    assert run.last_metric("loss") == 10 - 5000 / 1000 and run.last_metric("eval_loss") == 1.5
+    assert run.last_metric("accuracy") is None and RunDir(tmp_path / "none").last_metric("loss") is None

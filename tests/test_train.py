@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +159,19 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_keeps_the_step_count(tiny_mo
     assert rd.read_status()["state"] == "completed" and rd.read_status()["step"] == 400
     steps = [r["step"] for r in rd.read_metrics() if "loss" in r]
     assert steps == list(range(1, 401))
+
+
+def test_a_run_killed_past_its_last_checkpoint_resumes_without_repeating_steps_in_its_metrics(tiny_model, tmp_path,
+                                                                                               workspace):
+    import shutil
+
+    out = tmp_path / "run"
+    rd = run(config(tiny_model, out, train={"max_steps": 4, "save_steps": 2}))
+    shutil.rmtree(rd.adapter)                                # as if killed after step 4, before saving it
+    shutil.rmtree(rd.checkpoints / "checkpoint-4")
+    rd.write_status(state="failed")
+    run(RunConfig.load(rd.config), resume=True)
+    assert [r["step"] for r in rd.read_metrics() if "loss" in r] == [1, 2, 3, 4]
 
 
 def test_bad_config_exits_2_with_the_field_and_line_and_writes_nothing(tmp_path, cli, workspace):

@@ -5,7 +5,6 @@ into a RunConfig through the same validation the YAML file and the CLI use.
 """
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 
@@ -110,19 +109,3 @@ def build_group(form: Form, group: str, cfg: RunConfig, lang: str, tr: Translato
 
 def all_fields() -> list[str]:
     return [name for names in GROUPS.values() for name in names]
-
-
-def uncovered_fields() -> list[str]:
-    """RunConfig fields the form does not show (a test keeps this list short and deliberate)."""
-    shown = set(all_fields()) | {"datasets", "output_dir"}
-    names = []
-
-    def walk(cls, prefix):
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("section"):
-                walk(f.default_factory, f"{prefix}{f.name}.")
-            else:
-                names.append(prefix + f.name)
-
-    walk(RunConfig, "")
-    return [n for n in names if n not in shown]

@@ -10,6 +10,7 @@ import gradio as gr
 
 from core import devices, jobs, launch, presets
 from core.dataset_library import list_datasets
+from core.arch import list_cards
 from core.config import EMBEDDED_MODEL, RunConfig
 from core.errors import WorkbenchError
 from webui import memory_panel
@@ -56,13 +57,7 @@ def dataset_choices(extra: list[str] | None = None) -> list[tuple[str, str]]:
 
 
 def model_choices() -> list[str]:
-    choices = [EMBEDDED_MODEL]
-    try:
-        from core.vram import list_cards
-        choices += [c if isinstance(c, str) else c.get("hub_id", c.get("name")) for c in list_cards()]
-    except ImportError:
-        pass
-    return list(dict.fromkeys(choices))
+    return list(dict.fromkeys([EMBEDDED_MODEL, *(c["hub_id"] or c["name"] for c in list_cards())]))
 
 
 def config_from_inputs(tab: TrainTab, values: list) -> RunConfig:
