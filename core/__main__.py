@@ -99,6 +99,8 @@ def cmd_estimate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.config import field_meta
+
     parser = argparse.ArgumentParser(prog="python -m core", description="LoRA Workbench, headless.")
     parser.add_argument("--workspace", help="workspace folder (default ./workspace or $WORKBENCH_HOME)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="a RunConfig YAML file; the flags below override it")
     p.add_argument("--model", help="hub id, model folder, path to a config.json, or a shipped card name")
-    p.add_argument("--method", choices=["lora", "qlora", "full", "freeze"])
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--method", choices=field_meta("method")["choices"])
+    p.add_argument("--dtype", choices=field_meta("train.dtype")["choices"])
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq-len", type=int, help="max length in tokens (every sample counted at this length)")
     p.add_argument("--lora-rank", type=int, help="LoRA rank; alpha is 2 x rank unless --lora-alpha is given")
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     on_off = argparse.BooleanOptionalAction
     p.add_argument("--grad-ckpt", action=on_off, help="gradient checkpointing")
     p.add_argument("--grad-accum", type=int)
-    p.add_argument("--optim", choices=["adamw", "adamw8bit", "paged_adamw8bit"])
+    p.add_argument("--optim", choices=field_meta("train.optimizer")["choices"])
     p.add_argument("--packing", action=on_off)
     p.add_argument("--padding-free", action=on_off, help="off without --config (a run's default is on)")
     p.add_argument("--fused-loss", action=on_off, help="off without --config (a run's default is on)")

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from core import dataset_library as dl
 from core import models
-from core.config import EMBEDDED_MODEL
+from core.config import EMBEDDED_MODEL, DataOptions, field_meta
 from core.data import check_files
 from core.errors import WorkbenchError
 from core.formats import FORMATS, mapping_fields
@@ -89,10 +89,12 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         model = tr.add(gr.Dropdown(choices=[EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
                                    label=t("data.model", lang), info=t("data.model_hint", lang)), "data.model",
                        "labelinfo")
-        max_len = tr.add(gr.Number(value=1024, minimum=16, precision=0, label=t("data.max_len", lang)),
-                         "data.max_len")
-        train_on = tr.add(gr.Dropdown(choices=["assistant", "all"], value="assistant", label=t("data.train_on", lang)),
-                          "data.train_on")
+        length, train_on = field_meta("data.max_seq_len"), field_meta("data.train_on")
+        defaults = DataOptions()
+        max_len = tr.add(gr.Number(value=defaults.max_seq_len, minimum=length["min"], maximum=length["max"],
+                                   precision=0, label=t("data.max_len", lang)), "data.max_len")
+        train_on = tr.add(gr.Dropdown(choices=train_on["choices"], value=defaults.train_on,
+                                      label=t("data.train_on", lang)), "data.train_on")
         n_samples = tr.add(gr.Slider(1, 20, value=3, step=1, label=t("data.n_samples", lang)), "data.n_samples")
     with tr.add(gr.Accordion(t("data.mapping", lang), open=False, elem_id="data-mapping"), "data.mapping"):
         with gr.Row():
