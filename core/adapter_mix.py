@@ -51,7 +51,7 @@ def mix(adapters: list[str], weights: list[float], name: str, *, combination: st
     """Mix library adapters (names, ids or folders) with `weights` into adapters/<name>/."""
     report = progress or (lambda stage, fraction, message: None)
     report("check", 0.0, "checking the adapters")
-    combination, density = _check_arguments(adapters, weights, combination, density, svd_rank)
+    combination, density = check_arguments(adapters, weights, combination, density, svd_rank)
     parents = [library.get(a) for a in adapters]
     configs = [_lora_config(p) for p in parents]
     base = _common_base(parents)
@@ -87,7 +87,7 @@ def mix(adapters: list[str], weights: list[float], name: str, *, combination: st
     return info
 
 
-def _check_arguments(adapters, weights, combination, density, svd_rank):
+def check_arguments(adapters, weights, combination, density, svd_rank):
     if not adapters:
         raise ConfigError("choose at least one adapter to mix", field="adapters")
     if len(set(map(str, adapters))) != len(adapters):

@@ -161,6 +161,19 @@ def test_deleting_an_adapter_twice_deletes_nothing_else(page):
     assert "other" in page.locator("#lib-table").inner_text()
 
 
+def test_merge_exports_from_a_child_process_and_a_refusal_reads_as_the_cli_says_it(page):
+    """The Library tab is open on 'other' after the test above."""
+    pick(page, "lib-pick", "other")
+    page.locator("#lib-merge").get_by_text("Merge into the base model and export").click()
+    page.locator("#lib-merge-name textarea, #lib-merge-name input").first.fill("merged-ui")
+    page.locator("#lib-merge-go").click()
+    page.wait_for_selector("#lib-message >> text=Exported a full model", timeout=120_000)
+    assert (WORKSPACE["path"] / "exports" / "merged-ui" / "config.json").is_file()
+    page.locator("#lib-merge-go").click()
+    page.wait_for_selector("#lib-message >> text=already exists", timeout=120_000)
+    assert "Traceback" not in page.locator("#lib-message").inner_text()
+
+
 def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
     """'elsewhere', queued from the command line two tests ago, has run by now."""
     import shutil

@@ -502,3 +502,18 @@ def test_mix_weights_typed_in_a_box_are_read_or_refused_by_name():
     with pytest.raises(ConfigError, match="'abc' is not a number") as refused:
         parse_weights("0.7, abc", 2)
     assert refused.value.field == "weights"
+
+
+def test_merge_and_mix_run_as_child_processes_with_progress_and_the_clis_refusals(ws):
+    from core.child_task import failure_text, run_core_command
+
+    seen = []
+    path = run_core_command(["merge", "--adapter", "identity", "--out", "child"],
+                            progress=lambda fraction, message: seen.append(fraction))
+    assert path == str(ws / "exports" / "child") and (ws / "exports" / "child" / "config.json").is_file()
+    assert seen and seen == sorted(seen) and seen[-1] == 1.0
+    with pytest.raises(WorkbenchError, match="exports/child already exists"):
+        run_core_command(["merge", "--adapter", "general", "--out", "child"])
+    run_core_command(["library", "mix", "identity", "general", "--weights", "0.5", "0.5", "--name", "halves"])
+    assert library.get("halves").name == "halves"
+    assert "ran out of memory" in failure_text(-9, ["[ 30%] loading the base"])

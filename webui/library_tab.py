@@ -8,8 +8,9 @@ import pandas as pd
 
 from core import library
 from core.adapter_io import export_zip, import_adapter
-from core.adapter_merge import DTYPES, merge
-from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, mix, parse_weights
+from core.adapter_merge import DTYPES
+from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, check_arguments, parse_weights
+from core.child_task import run_core_command
 from core.errors import WorkbenchError
 from webui.charts import run_figure
 from webui.i18n import Translator, t
@@ -89,12 +90,14 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
                                      "lib.new_name")
                 import_btn = tr.add(gr.Button(t("lib.import_go", lang), elem_id="lib-import-go"), "lib.import_go",
                                     "value")
-    with tr.add(gr.Accordion(t("lib.merge", lang), open=False), "lib.merge"):
+    with tr.add(gr.Accordion(t("lib.merge", lang), open=False, elem_id="lib-merge"), "lib.merge"):
         with gr.Row():
-            merge_name = tr.add(gr.Textbox(label=t("lib.export_name", lang), max_lines=1, scale=2), "lib.export_name")
+            merge_name = tr.add(gr.Textbox(label=t("lib.export_name", lang), max_lines=1, scale=2,
+                                           elem_id="lib-merge-name"), "lib.export_name")
             merge_dtype = tr.add(gr.Dropdown(choices=list(DTYPES), value="auto", label=t("lib.dtype", lang), scale=1),
                                  "lib.dtype")
-            merge_btn = tr.add(gr.Button(t("lib.merge_go", lang), scale=1), "lib.merge_go", "value")
+            merge_btn = tr.add(gr.Button(t("lib.merge_go", lang), scale=1, elem_id="lib-merge-go"), "lib.merge_go",
+                               "value")
     with tr.add(gr.Accordion(t("lib.mix", lang), open=False), "lib.mix"):
         with gr.Row():
             mix_pick = tr.add(gr.Dropdown(choices=choices(), multiselect=True, label=t("lib.mix_pick", lang), scale=3),
@@ -171,9 +174,13 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         return t("lib.imported", lang, name=info.name)
 
     def do_mix(ids, text, comb, dens, name, lang):
-        info = mix(ids or [], parse_weights(text, len(ids or [])), name.strip(), combination=comb,
-                   density=dens if comb in ("ties", "dare_ties") else None)
-        return t("lib.mixed", lang, name=info.name)
+        ids, weights = ids or [], parse_weights(text, len(ids or []))
+        dens = dens if comb in ("ties", "dare_ties") else None
+        check_arguments(ids, weights, comb, dens, None)         # refused here at once, before a child starts
+        density = ["--density", str(dens)] if dens is not None else []
+        run_core_command(["library", "mix", *ids, "--weights", *map(str, weights), "--name", name.strip(),
+                          "--combination", comb, *density])     # in a child process, as merge
+        return t("lib.mixed", lang, name=name.strip())
 
     rename_btn.click(guarded(do_rename), [pick, new_name] + tail, out)
     delete_btn.click(on_delete, [pick, confirm] + tail, out + [confirm])
@@ -184,12 +191,13 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     def do_merge(ref, name, dtype, lang, progress=gr.Progress()):
         if not ref:
             return t("lib.none", lang)
-        try:
-            result = merge(ref, name.strip() or f"{library.get(ref).name}-merged", dtype=dtype,
-                           progress=lambda stage, frac, msg: progress(frac, desc=f"{stage}: {msg}"))
+        out = name.strip() or f"{library.get(ref).name}-merged"
+        try:     # in a child process: the full model it loads must never take the UI down
+            path = run_core_command(["merge", "--adapter", ref, "--out", out, "--dtype", dtype],
+                                    progress=lambda frac, msg: progress(frac, desc=msg))
         except WorkbenchError as e:
             return t("error", lang, error=str(e))
-        return t("lib.merged", lang, path=result.path)
+        return t("lib.merged", lang, path=path)
 
     merge_btn.click(do_merge, [pick, merge_name, merge_dtype, lang_state], message)
 
