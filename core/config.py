@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,7 @@ class TrainOptions:
                      "计算精度。auto：GPU 或 CPU（支持 AVX512-BF16 或 AMX）支持时用 bf16，否则 GPU 用 fp16、CPU 用 fp32。",
                      label="Precision", label_zh="精度", choices=["auto", "bf16", "fp16", "fp32"])
     seed: int = opt(42, "Random seed for shuffling, dropout and initialisation.", "打乱、dropout 和初始化的随机种子。",
-                    label="Seed", label_zh="随机种子", min=0)
+                    label="Seed", label_zh="随机种子", min=0, max=2**32 - 1)
     weight_decay: float = opt(0.0, "Weight decay of the optimizer.", "优化器的权重衰减。",
                               label="Weight decay", label_zh="权重衰减", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = no clipping).", "梯度裁剪的范数（0 = 不裁剪）。",
@@ -316,32 +317,42 @@ def parse_yaml_with_lines(text: str, file: str | None) -> tuple[dict, dict]:
     """Parse YAML and remember the line of every key, so errors can point at it."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines: dict[str, int] = {}
+        _collect_lines(node, "", lines, set(), file)      # refuses aliases before anything expands them
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"not valid YAML: {problem}", file=file, line=line) from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", file=file) from None
+    except ValueError as e:             # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"not valid YAML: {e}", file=file) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping of keys to values", file=file, line=1)
-    lines: dict[str, int] = {}
-    _collect_lines(node, "", lines)
     return data, lines
 
 
-def _collect_lines(node, prefix: str, lines: dict) -> None:
+def _collect_lines(node, prefix: str, lines: dict, seen: set, file) -> None:
+    """Each key's line. A node met twice is an alias (*name): refused, since a few nested ones
+    expand to billions of values."""
+    if id(node) in seen:
+        raise ConfigError("YAML aliases (*name) are not supported in a config; write the value out",
+                          field=prefix.rstrip(".") or None, file=file, line=node.start_mark.line + 1)
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             name = f"{prefix}{key_node.value}"
             lines[name] = key_node.start_mark.line + 1
-            _collect_lines(value_node, name + ".", lines)
+            _collect_lines(value_node, name + ".", lines, seen, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             name = f"{prefix}{i}"
             lines[name] = item.start_mark.line + 1
-            _collect_lines(item, name + ".", lines)
+            _collect_lines(item, name + ".", lines, seen, file)
 
 
 def apply_override(data: dict, item: str) -> str:
@@ -353,7 +364,7 @@ def apply_override(data: dict, item: str) -> str:
     key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
     target = data
     parts = key.split(".")
@@ -453,7 +464,7 @@ def _coerce_datasets(value, file, lines) -> list[DatasetSpec]:
 
 def _show(value) -> str:
     if isinstance(value, str):
-        return f"'{value}'"
+        return f"'{value}'" if len(value) <= 80 else f"'{value[:60]}...' ({len(value)} characters)"
     if value is None:
         return "nothing"
     return f"{type(value).__name__} {value!r}" if isinstance(value, (list, dict)) else repr(value)
@@ -475,6 +486,8 @@ def _check_bounds(obj, prefix: str, file, lines) -> None:
             raise ConfigError(f"'{value}' is not one of: {', '.join(map(str, choices))}",
                               field=dotted, file=file, line=line)
         lo, hi = meta.get("min"), meta.get("max")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{value} is not a finite number", field=dotted, file=file, line=line)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
                 rule = f"greater than {lo}" if meta.get("min_exclusive") else f"at least {lo}"

@@ -125,9 +125,11 @@ def _read_json(raw: bytes, name: str) -> list[Record]:
     if not stripped.startswith("["):
         try:
             value = json.loads(text)
-        except json.JSONDecodeError as e:
-            hint = "JSON Lines (one object per line) should be saved as .jsonl" if e.msg == "Extra data" else None
-            raise DataError(f"not valid JSON: {e.msg}", file=name, line=e.lineno, hint=hint) from None
+        except (ValueError, RecursionError) as e:
+            extra = getattr(e, "msg", None) == "Extra data"
+            hint = "JSON Lines (one object per line) should be saved as .jsonl" if extra else None
+            raise DataError(f"not valid JSON: {json_problem(e)}", file=name, line=getattr(e, "lineno", None),
+                            hint=hint) from None
         raise DataError(f"expected a JSON list of objects ([{{...}}, {{...}}]), found {type_name(value)}",
                         file=name, line=1, hint=_list_hint(value))
     decoder = json.JSONDecoder()
@@ -140,8 +142,9 @@ def _read_json(raw: bytes, name: str) -> list[Record]:
         line = text.count("\n", 0, pos) + 1
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON: {e.msg}", file=name, line=e.lineno) from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"not valid JSON: {json_problem(e)}", file=name, line=getattr(e, "lineno", line)) \
+                from None
         if not isinstance(value, dict):
             raise DataError(f"item {len(records) + 1} is {type_name(value)}, expected an object {{...}}",
                             file=name, line=line, hint="the file must be a list of objects ([{...}, {...}])")
@@ -177,6 +180,15 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
+def json_problem(e: Exception) -> str:
+    """What json could not read: its own message, or what Python refused beyond the syntax."""
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).split(";")[0]         # e.g. an integer of more than 4300 digits
+
+
 def _read_jsonl(raw: bytes, name: str) -> list[Record]:
     records = []
     for i, line_bytes in enumerate(raw.split(b"\n"), start=1):
@@ -190,8 +202,8 @@ def _read_jsonl(raw: bytes, name: str) -> list[Record]:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON: {e.msg}", file=name, line=i) from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"not valid JSON: {json_problem(e)}", file=name, line=i) from None
         if not isinstance(value, dict):
             raise DataError(f"the line holds {type_name(value)}, expected an object {{...}}", file=name, line=i)
         records.append(Record(value, i))

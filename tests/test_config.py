@@ -80,3 +80,19 @@ def test_every_option_has_a_place_in_the_train_form():
     in_form = {name for names in GROUPS.values() for name in names}
     drawn_by_the_tab = {"datasets", "output_dir"}        # the dataset picker; the run folder follows the name
     assert set(leaves(RunConfig)) - drawn_by_the_tab == in_form
+
+
+@pytest.mark.parametrize("text,error", [
+    ("a: &a [1, 2, 3]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n", "aliases"),
+    ("a: &a [*a]\n", "aliases"),
+    ("a: " + "[" * 5000 + "\n", "nested too deeply"),
+    ("train:\n  seed: " + "1" * 5000 + "\n", "4300 digits"),
+    ("train:\n  learning_rate: .nan\n", "not a finite number"),
+    ("train:\n  max_grad_norm: .inf\n", "not a finite number"),
+    ("train:\n  seed: 4294967296\n", "too large"),
+], ids=["alias-bomb", "recursive-alias", "deep", "long-integer", "nan", "inf", "seed-range"])
+def test_hostile_yaml_is_refused_in_words_at_once(tmp_path, text, error):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        RunConfig.load(path)

@@ -104,3 +104,17 @@ def test_eval_split_holds_rows_out(tmp_path, tok):
     path = write(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "output": "a"} for i in range(20)])
     data = build(cfg_for(path, eval_split=0.2), tok)
     assert len(data.eval) == 4 and len(data.train) == 16
+
+
+@pytest.mark.parametrize("name,text,error", [
+    ("deep.jsonl", '{"instruction": "a", "output": "b"}\n' + "[" * 100000 + "\n", "deep.jsonl:2: not valid JSON: nested too deeply"),
+    ("big.json", '[{"instruction": "a", "output": "b", "n": ' + "1" * 5000 + "}]", "4300 digits"),
+], ids=["deep", "long-integer"])
+def test_json_python_cannot_hold_is_refused_with_file_and_line(tmp_path, name, text, error):
+    from core.errors import DataError
+    from core.readers import read_records
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError, match=error):
+        read_records(path)
