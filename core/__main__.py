@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sqlite3
 import sys
 
 from core.errors import WorkbenchError
@@ -180,9 +181,12 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from core.workspace import home, set_home
     if args.workspace:
-        from core.workspace import set_home
         set_home(args.workspace)
+    if home().exists() and not home().is_dir():
+        print(f"error: the workspace {home()} is a file, not a folder", file=sys.stderr)
+        return EXIT_BAD_INPUT
     quiet_libraries()
     try:
         code = args.func(args)
@@ -191,9 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except sqlite3.DatabaseError as e:
+        from core.db import db_path
+        print(f"error: the workspace database {db_path()} cannot be read ({e}); move it aside and the "
+              f"workbench starts a new one (the run folders on disk are listed again)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except BrokenPipeError:              # `... | head`: the reader left; what is still buffered goes nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:                 # a workspace or output path that is a file, unwritable, gone
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -215,20 +215,35 @@ def adapter_dir(ref: str | os.PathLike) -> Path:
 
 
 def info_for(row: dict) -> AdapterInfo:
+    """What the library shows of one adapter. Its JSON files may come from anywhere (an imported
+    zip): a value of the wrong type is shown as missing, never fatal to the listing."""
     path = Path(row["path"])
-    meta = read_json(path / "workbench.json") or {}
+    meta = _mapping(read_json(path / "workbench.json"))
     acfg = read_json(path / "adapter_config.json")
-    metrics = meta.get("metrics") or {}
+    cfg, metrics = _mapping(acfg), _mapping(meta.get("metrics"))
     size = folder_size(path)
     return AdapterInfo(
-        id=row["id"], name=row["name"], base_model=row["base_model"] or _config_base(acfg),
+        id=row["id"], name=row["name"], base_model=row["base_model"] or _config_base(cfg),
         method=row["method"], source=row["source"], kind="adapter" if acfg else "model", path=str(path),
-        run_id=row["run_id"], rank=(acfg or {}).get("r"), alpha=(acfg or {}).get("lora_alpha"),
-        target_modules=short_targets((acfg or {}).get("target_modules")),
-        datasets=[str(d) for d in meta.get("datasets") or []], steps=metrics.get("steps"),
-        train_loss=metrics.get("train_loss"), eval_loss=metrics.get("eval_loss"), size_bytes=size,
-        size=human_size(size), created=meta.get("created") or _iso(row["created_at"]),
-        parents=list(meta.get("parents") or []))
+        run_id=row["run_id"], rank=_number(cfg.get("r")), alpha=_number(cfg.get("lora_alpha")),
+        target_modules=short_targets(cfg.get("target_modules")),
+        datasets=[str(d) for d in _items(meta.get("datasets"))], steps=_number(metrics.get("steps")),
+        train_loss=_number(metrics.get("train_loss")), eval_loss=_number(metrics.get("eval_loss")),
+        size_bytes=size, size=human_size(size),
+        created=meta.get("created") if isinstance(meta.get("created"), str) else _iso(row["created_at"]),
+        parents=[str(p) for p in _items(meta.get("parents"))])
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _config_base(acfg: dict | None) -> str:
@@ -241,7 +256,7 @@ def short_targets(targets) -> list[str]:
         return []
     if isinstance(targets, str):
         return [targets]
-    return sorted({str(t).rsplit(".", 1)[-1] for t in targets})
+    return sorted({str(t).rsplit(".", 1)[-1] for t in _items(targets)})
 
 
 def folder_size(path: Path) -> int:

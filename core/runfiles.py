@@ -7,6 +7,7 @@ torchrun) writing status and metrics does nothing.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import secrets
@@ -18,6 +19,7 @@ from core.distributed import is_main
 from core.workspace import atomic_write_json, atomic_write_text, read_json, runs_dir
 
 STATES = ("queued", "starting", "running", "completed", "failed", "stopped")
+_HELD: dict = {}        # run folder -> the open lock file this process trains it under
 FINAL_STATES = ("completed", "failed", "stopped")
 
 
@@ -41,8 +43,32 @@ class RunDir:
         """Where the result lands: a PEFT adapter, or a full model folder for full/freeze."""
         return self.adapter if method in ("lora", "qlora") else self.model
 
+    def hold_worker_lock(self) -> None:
+        """Mark this process as the run's one trainer for as long as it lives (rank 0 of several).
+        Another trainer of the same folder (a `train --resume` typed while the queue runs it) is
+        refused instead of writing over its checkpoints."""
+        from core.errors import ConfigError
+
+        if not is_main() or self.root in _HELD:
+            return
+        handle = open(self.root / ".worker.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            pid = self.read_status().get("pid")
+            raise ConfigError(f"'{self.root}' is being trained by another process{f' (pid {pid})' if pid else ''}; "
+                              f"stop that run first", field="output_dir") from None
+        _HELD[self.root] = handle
+
+    def release_worker_lock(self) -> None:
+        handle = _HELD.pop(self.root, None)
+        if handle is not None:
+            handle.close()
+
     def read_status(self) -> dict:
-        return read_json(self.status, default={}) or {}
+        status = read_json(self.status, default={})
+        return status if isinstance(status, dict) else {}
 
     def read_config(self) -> dict:
         """config.yaml as saved, or {} when it cannot be read (the Runs view shows what it can)."""

@@ -209,6 +209,20 @@ def training_arguments(cfg: RunConfig, run: RunDir, precision: Precision, has_ev
     )
 
 
+def check_output_dir(run: RunDir, resume: bool) -> None:
+    """The run folder is new, empty, or a run's own (the queue's, or one to resume), and no other
+    process trains in it."""
+    root = run.root
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ConfigError(f"'{root}' is a file, not a folder; choose another output_dir", field="output_dir")
+    if not resume and not run.status.is_file() and any(root.iterdir()):
+        raise ConfigError(f"'{root}' already holds other files; choose a new or empty output_dir",
+                          field="output_dir")
+    run.hold_worker_lock()
+
+
 def prepare_run_dir(cfg: RunConfig, run: RunDir, resume: bool) -> Path | None:
     """Refuse to overwrite a finished run; find the checkpoint to resume from."""
     if resume:
@@ -242,6 +256,13 @@ def run(cfg: RunConfig, *, resume: bool = False) -> RunDir:
     stop.install()
     distributed.bind_device()
     run_dir = run_dir_for(cfg.output_dir, cfg.name or Path(cfg.model).name)
+    try:
+        return _train(cfg, run_dir, resume, stop)
+    finally:
+        run_dir.release_worker_lock()
+
+
+def _train(cfg: RunConfig, run_dir: RunDir, resume: bool, stop: StopRequest) -> RunDir:
     ready = prepare(cfg, run_dir, resume)
     open_run_dir(cfg, run_dir, resume)
     if ready.checkpoint is not None:
@@ -258,6 +279,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir, resume: bool) -> Prepared:
     """Model, tokenizer and data, loaded and checked. A run folder that already exists (resume, or
     the queue's) is told how it ended; a new one is not created for a refusal."""
     existed = run_dir.root.exists()
+    check_output_dir(run_dir, resume)       # before anything is written there: it may be another's
     setup_logging(run_dir if existed else None)
     try:
         ckpt = prepare_run_dir(cfg, run_dir, resume)
@@ -291,6 +313,7 @@ def open_run_dir(cfg: RunConfig, run_dir: RunDir, resume: bool) -> None:
     cfg.output_dir = str(run_dir.root)
     try:
         run_dir.root.mkdir(parents=True, exist_ok=True)
+        run_dir.hold_worker_lock()
         setup_logging(run_dir)
     except OSError as e:
         raise ConfigError(f"cannot write the run folder '{run_dir.root}': {e.strerror or e}",

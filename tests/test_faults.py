@@ -176,3 +176,16 @@ def test_the_runs_list_reads_a_runs_last_loss_from_the_end_of_its_metrics(tmp_pa
     run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5001, "lo')   # cut mid-line
     assert run.last_metric("loss") == 10 - 5000 / 1000 and run.last_metric("eval_loss") == 1.5
     assert run.last_metric("accuracy") is None and RunDir(tmp_path / "none").last_metric("loss") is None
+
+
+def test_a_workspace_that_is_a_file_or_a_damaged_database_is_one_line_not_a_traceback(cli, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    damaged = tmp_path / "ws"
+    damaged.mkdir()
+    (damaged / "workbench.db").write_bytes(b"not sqlite at all" * 300)
+    for args, said in [(["--workspace", afile, "runs", "list"], "is a file, not a folder"),
+                       (["--workspace", damaged, "library", "list"], "workbench.db cannot be read"),
+                       (["--workspace", damaged, "data", "list"], "move it aside")]:
+        r = cli(*args)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -284,6 +284,18 @@ def test_import_foreign_adapter_from_folder_and_zip(workspace, tiny_model, tmp_p
         import_adapter(src, name="from-zip")
 
 
+def test_an_adapter_carrying_mistyped_metadata_is_listed_shown_and_deleted(workspace, tiny_model, tmp_path):
+    src = foreign_adapter(tiny_model, tmp_path / "odd")
+    (src / "workbench.json").write_text(json.dumps({"datasets": 5, "metrics": "str", "parents": {"a": 1},
+                                                    "created": 7}))
+    info = import_adapter(src)
+    assert (info.datasets, info.steps, info.parents, info.rank) == ([], None, [], 4)
+    (Path(info.path) / "workbench.json").write_text(json.dumps({"metrics": [1], "datasets": ["d"]}))
+    assert library.get("odd").datasets == ["d"] and [i.name for i in library.list_adapters()] == ["odd"]
+    library.delete("odd")
+    assert library.list_adapters() == []
+
+
 def test_an_adapter_without_a_base_takes_the_one_named(workspace, tiny_model, tmp_path):
     src = foreign_adapter(tiny_model, tmp_path / "nobase")
     config = json.loads((src / "adapter_config.json").read_text())

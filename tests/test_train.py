@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, until
 from core.config import RunConfig
 from core.runfiles import RunDir
 from core.train import run
@@ -174,6 +174,42 @@ def test_a_run_killed_past_its_last_checkpoint_resumes_without_repeating_steps_i
     rd.write_status(state="failed")
     run(RunConfig.load(rd.config), resume=True)
     assert [r["step"] for r in rd.read_metrics() if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_second_trainer_of_a_running_run_is_refused_and_the_run_goes_on(tiny_model, tmp_path, workspace):
+    from core.errors import ConfigError
+
+    out = tmp_path / "run"
+    cfg = config(tiny_model, out, train={"max_steps": 400, "batch_size": 2, "save_steps": 2})
+    path = tmp_path / "cfg.yaml"
+    cfg.save(path)
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rd = RunDir(out)
+        until(lambda: rd.newest_checkpoint() is not None, timeout=120)
+        with pytest.raises(ConfigError, match=f"being trained by another process \\(pid {proc.pid}\\)"):
+            run(RunConfig.load(rd.config), resume=True)
+        assert rd.read_status()["state"] == "running" and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["file", "other-files"])
+def test_an_output_dir_that_is_not_a_run_folder_is_refused_and_left_as_it_was(tiny_model, tmp_path, workspace, kind):
+    from core.errors import ConfigError
+
+    out = tmp_path / "mine"
+    if kind == "file":
+        out.write_text("my notes")
+    else:
+        out.mkdir()
+        (out / "config.yaml").write_text("my own config")
+    with pytest.raises(ConfigError, match="is a file, not a folder" if kind == "file" else "already holds other"):
+        run(config(tiny_model, out))
+    assert (out.read_text() if kind == "file" else (out / "config.yaml").read_text()).startswith("my")
+    assert kind == "file" or sorted(p.name for p in out.iterdir()) == ["config.yaml"]
 
 
 def test_bad_config_exits_2_with_the_field_and_line_and_writes_nothing(tmp_path, cli, workspace):
