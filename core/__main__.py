@@ -78,7 +78,7 @@ def cmd_estimate(args) -> int:
     from core.arch import load_arch
     from core.errors import ConfigError
 
-    if args.gpu_gib is not None and args.gpu_gib <= 0:
+    if args.gpu_gib is not None and not args.gpu_gib > 0:      # NaN too
         raise ConfigError(f"GPU memory must be more than 0 GiB, got {args.gpu_gib:g}", field="gpu_gib")
     flags = {"model": args.model, "method": args.method, "train.dtype": args.dtype, "train.batch_size": args.batch_size,
              "data.max_seq_len": args.seq_len, "lora.rank": args.lora_rank, "lora.alpha": args.lora_alpha,

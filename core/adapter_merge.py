@@ -24,7 +24,6 @@ from core.workspace import atomic_write_json, exports_dir, read_json
 
 Progress = Callable[[str, float, str], None]       # (stage, fraction 0..1, message)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass
@@ -118,8 +117,8 @@ def _save(model, out: Path, adapter_folder: Path, resolved, max_shard_size) -> N
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, max_shard_size=max_shard_size)
-    has_tokenizer = any((adapter_folder / f).is_file() for f in TOKENIZER_FILES)
-    source = models.ResolvedModel(str(adapter_folder), "local", str(adapter_folder)) if has_tokenizer else resolved
+    source = models.ResolvedModel(str(adapter_folder), "local", str(adapter_folder)) \
+        if models.has_tokenizer(adapter_folder) else resolved
     tokenizer = models.load_tokenizer(source)
     ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(out)

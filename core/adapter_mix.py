@@ -13,7 +13,8 @@ from pathlib import Path
 
 from core import library, models
 from core.adapter_check import CONFIG, same_model
-from core.adapter_merge import TOKENIZER_FILES, Progress
+from core.adapter_merge import Progress
+from core.models import TOKENIZER_FILES
 from core.errors import ConfigError, ModelError
 from core.workspace import atomic_write_json, read_json
 

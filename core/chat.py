@@ -217,11 +217,15 @@ def one_shot(adapter: str | Path | None, prompt: str, *, base: str | None = None
         if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
             base, adapter = str(adapter), None      # a full fine-tuned model folder
     if adapter is not None:
-        engine = ChatEngine(base or adapter_base(adapter), tokenizer_from=adapter)
+        engine = ChatEngine(base or adapter_base(adapter), tokenizer_from=adapter if models.has_tokenizer(adapter) else None)
         engine.add_adapter(adapter)
     else:
         if base is None:
             raise ModelError("name an adapter or a model", field="adapter")
         engine = ChatEngine(base)
+    context = getattr(engine.model.config, "max_position_embeddings", None)
+    if context and max_new_tokens > context:
+        raise ModelError(f"must be at most {context}, the model's context length; got {max_new_tokens}",
+                         field="max_new_tokens")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return engine.reply(messages, GenerationOptions(max_new_tokens=max_new_tokens))

@@ -217,6 +217,14 @@ def explain_load_error(name: str, err: Exception) -> ModelError:
                       field="model")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """A trained run saves its tokenizer beside the adapter; a plain PEFT adapter often does not."""
+    return any((Path(folder) / f).is_file() for f in TOKENIZER_FILES)
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

@@ -118,3 +118,16 @@ def test_a_run_that_cannot_be_estimated_counts_nothing_against_the_chat(tmp_path
     good.write_text("model: Qwen2.5-0.5B\n")
     damaged.write_text("model: [unclosed\n")
     assert _estimate_gib(good) > 1 and _estimate_gib(damaged) == 0.0 == _estimate_gib(tmp_path / "gone.yaml")
+
+
+def test_one_shot_chat_takes_the_bases_tokenizer_for_an_adapter_that_ships_none(adapters, tmp_path):
+    import shutil
+
+    from core.chat import one_shot
+    from core.models import TOKENIZER_FILES
+
+    plain = tmp_path / "plain"
+    shutil.copytree(adapters[0], plain)
+    for name in (*TOKENIZER_FILES, "special_tokens_map.json", "chat_template.jinja"):
+        (plain / name).unlink(missing_ok=True)
+    assert one_shot(plain, "Who are you?", max_new_tokens=8) == one_shot(adapters[0], "Who are you?", max_new_tokens=8)

@@ -189,3 +189,10 @@ def test_a_workspace_that_is_a_file_or_a_damaged_database_is_one_line_not_a_trac
                        (["--workspace", damaged, "data", "list"], "move it aside")]:
         r = cli(*args)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_numbers_past_what_the_model_or_a_gpu_can_be_are_refused(cli, tiny_model):
+    r = cli("chat", "--model", tiny_model, "--prompt", "hi", "--max-new-tokens", "100000000")
+    assert r.returncode == 2 and "the model's context length" in r.stderr, r.stderr
+    r = cli("estimate", "--model", "Qwen2.5-0.5B", "--gpu-gib", "nan")
+    assert r.returncode == 2 and "must be more than 0 GiB" in r.stderr, r.stderr
