@@ -50,7 +50,12 @@ def safe_name(name: str) -> str:
 
 
 def save(name: str, cfg: RunConfig) -> Path:
-    path = user_dir() / f"{safe_name(name)}.yaml"
+    """Save under the user's presets; the shipped ones (the demo the page opens on) keep their names."""
+    name = safe_name(name)
+    if (SHIPPED / f"{name}.yaml").is_file():
+        raise ConfigError(f"'{name}' is a preset that comes with the workbench; save yours under another name",
+                          field="preset")
+    path = user_dir() / f"{name}.yaml"
     saved = RunConfig.from_dict(cfg.to_dict())
     saved.output_dir = ""
     saved.save(path)

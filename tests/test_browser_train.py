@@ -82,6 +82,8 @@ def test_start_pressed_twice_queues_one_run_that_completes(page, tiny_model):
     set_field(page, "field-name", "twice")
     page.wait_for_timeout(1000)
     page.locator("#start").dblclick()
+    page.wait_for_timeout(700)
+    page.locator("#start").click()                  # a third, impatient click while the first is answered
     page.wait_for_selector("#train-message >> text=queued")
     open_tab(page, "Runs")
     page.wait_for_selector("#run-progress[data-state='completed']", timeout=180_000)

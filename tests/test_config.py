@@ -96,3 +96,14 @@ def test_hostile_yaml_is_refused_in_words_at_once(tmp_path, text, error):
     path.write_text(text)
     with pytest.raises(ConfigError, match=error):
         RunConfig.load(path)
+
+
+def test_a_users_preset_is_saved_and_loaded_but_never_under_a_shipped_name(workspace):
+    from core import presets
+
+    cfg = presets.load("demo").with_overrides(["lora.rank=4"])
+    with pytest.raises(ConfigError, match="comes with the workbench") as refused:
+        presets.save("demo", cfg)
+    assert refused.value.field == "preset" and presets.load("demo").lora.rank != 4
+    presets.save("my demo", cfg)
+    assert presets.load("my-demo").lora.rank == 4 and "demo" in presets.available()

@@ -93,6 +93,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         stats = ["", ""]
         histories = [list(h or []) + [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
                      for h, _ in columns]
+        yield _out(histories, hist_b, two, stats, "", prompt="")
         try:
             for i, (_, adapter_id) in enumerate(columns):
                 history = histories[i]
@@ -134,5 +135,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     return base, adapter_a
 
 
-def _out(histories, hist_b, two, stats, status):
-    return (histories[0], histories[1] if two else hist_b, stats[0], stats[1], status, "")
+def _out(histories, hist_b, two, stats, status, prompt=None):
+    """The reply's outputs; the message box is cleared once, when the question is taken, and then left
+    alone, so that a question typed while the reply streams is kept."""
+    return (histories[0], histories[1] if two else hist_b, stats[0], stats[1], status,
+            gr.skip() if prompt is None else prompt)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ GROUP_TITLES = {"model": "train.group.model", "lora": "train.group.lora", "quant
                 "freeze": "train.group.freeze", "training": "train.group.training",
                 "speed": "train.group.speed", "data": "train.group.data", "devices": "train.group.devices"}
 SHOWN_NODES = 16          # node commands printed in full; the rest differ only in --node_rank
+REPEAT_WINDOW_S = 30      # Start again with the same form within this: the same run, not a second one
 # The config behind the Download button, rewritten on every form change: one file per browser tab.
 _DOWNLOADS = Path(tempfile.mkdtemp(prefix="workbench-configs-"))
 
@@ -230,18 +232,27 @@ def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, l
     gr.on([c.change for c in tab.inputs], on_change, [lang_state] + tab.inputs, [tab.preview, download],
           show_progress="hidden")
 
-    def on_start(lang, key, *values):
+    def on_start(lang, key, last, *values):
+        """Clicks queue one after another; one that repeats the tab's last start within
+        REPEAT_WINDOW_S (an impatient second or third click) is answered with that run."""
         try:
             cfg = config_from_inputs(tab, list(values))
             if not cfg.datasets:
                 raise WorkbenchError("pick at least one dataset", field="datasets")
-            job = jobs.submit(cfg, request_key=key)
+            text = cfg.to_yaml()
+            if last and last["config"] == text and time.time() - last["at"] < REPEAT_WINDOW_S:
+                job = jobs.get(last["id"])
+            else:
+                job = jobs.submit(cfg, request_key=key)
         except WorkbenchError as e:
-            return t("train.invalid", lang, error=describe_error(e, lang)), key
+            return t("train.invalid", lang, error=describe_error(e, lang)), key, last
         pos = jobs.queue_position(job.id) or 1
-        return t("train.started", lang, id=job.id, pos=pos), uuid.uuid4().hex
+        return t("train.started", lang, id=job.id, pos=pos), uuid.uuid4().hex, \
+            {"config": text, "at": time.time(), "id": job.id}
 
-    start.click(on_start, [lang_state, nonce] + tab.inputs, [tab.message, nonce], concurrency_limit=1)
+    last_start = gr.State(None)
+    start.click(on_start, [lang_state, nonce, last_start] + tab.inputs, [tab.message, nonce, last_start],
+                concurrency_limit=1)
 
     def on_save(name, lang, *values):
         try:
