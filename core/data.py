@@ -252,6 +252,20 @@ class TrainingData:
                 "truncated": self.truncated, "dropped": len(self.dropped), "tokens": self.tokens}
 
 
+def check_datasets(cfg: RunConfig) -> None:
+    """What `build` would refuse without a tokenizer: no dataset, a file that is missing, unreadable
+    or of no known type, a dataset with no usable row. Run before a run is queued, so that it does
+    not fail hours later at the front of the queue."""
+    if not cfg.datasets:
+        raise DataError("no dataset given", field="datasets")
+    for i, spec in enumerate(cfg.datasets):
+        reports = load_spec(spec)
+        if not any(r.samples for r in reports):
+            first = next((p for r in reports for p in r.problems), None)
+            raise DataError(f"no usable rows{f' (e.g. line {first.line}: {first.message})' if first else ''}",
+                            file=spec.path, field=f"datasets.{i}")
+
+
 def build(cfg: RunConfig, tokenizer) -> TrainingData:
     """Everything the trainer needs from the data. Raises DataError when no row is usable."""
     from core.batching import as_item, pack     # torch: only the trainer needs it

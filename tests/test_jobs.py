@@ -161,6 +161,25 @@ def test_a_model_that_cannot_train_is_refused_before_anything_is_queued(tiny_mod
     assert jobs.list_jobs() == [] and not (workspace / "runs").exists()
 
 
+@pytest.mark.parametrize("change,words,field", [
+    ({"datasets": ["/no/such/file.jsonl"]}, "no such file", "datasets"),
+    ({"datasets": ["{tmp}/notes.txt-less"]}, "unsupported file type", None),
+    ({"datasets": ["{tmp}/broken.jsonl"]}, "no usable rows", "datasets.0"),
+    ({"lora": {"target_modules": "nonexistent_proj"}}, "none of nonexistent_proj is a linear layer", "lora.target_modules"),
+], ids=["missing-file", "unknown-type", "no-usable-rows", "no-such-layer"])
+def test_a_run_that_would_fail_at_the_front_of_the_queue_is_refused_now(tiny_model, workspace, tmp_path, change,
+                                                                         words, field):
+    (tmp_path / "notes.txt-less").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "broken.jsonl").write_text('{"instruction": "", "output": ""}\n')
+    data = {**cfg(tiny_model).to_dict(), **{k: v for k, v in change.items() if k != "datasets"}}
+    if "datasets" in change:
+        data["datasets"] = [p.format(tmp=tmp_path) for p in change["datasets"]]
+    with pytest.raises(WorkbenchError, match=words) as refused:
+        jobs.submit(RunConfig.from_dict(data))
+    assert field is None or refused.value.field == field
+    assert jobs.list_jobs() == [] and not (workspace / "runs").exists()
+
+
 def test_queue_actions_on_a_run_in_the_wrong_state_or_none_say_which(tiny_model, workspace):
     job = jobs.submit(cfg(tiny_model))
     with pytest.raises(WorkbenchError, match="no run 'nope'"):
