@@ -39,7 +39,24 @@ class MergeResult:
         return asdict(self)
 
 
-SHARD_SIZE = re.compile(r"\d+[KMG]i?B", re.I)      # what transformers' convert_file_size_to_int reads
+SHARD_SIZE = re.compile(r"(\d+)[KMG]i?B", re.I)      # what transformers' convert_file_size_to_int reads
+
+
+def check_request(adapter, name: str, dtype: str = "auto", max_shard_size: str | int = "5GB") -> tuple[Path, str]:
+    """What merge refuses without loading anything: the adapter's folder and the export's name."""
+    folder = library.adapter_dir(adapter)
+    if not (folder / CONFIG).is_file():
+        raise ModelError(f"'{folder}' is a full model already (no {CONFIG}); export it as a zip instead",
+                         field="adapter")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}", field="dtype")
+    size = SHARD_SIZE.fullmatch(str(max_shard_size))
+    if not (isinstance(max_shard_size, int) and max_shard_size > 0) and not (size and int(size.group(1)) > 0):
+        raise ConfigError(f"'{max_shard_size}' is not a size; write it like 2GB or 500MB", field="max_shard_size")
+    name = library.validate_name(name)
+    if (exports_dir() / name).exists():
+        raise ConfigError(f"exports/{name} already exists; choose another name", field="name")
+    return folder, name
 
 
 def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = "5GB", dtype: str = "auto",
@@ -52,18 +69,8 @@ def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = 
 
     report = progress or (lambda stage, fraction, message: None)
     report("check", 0.0, "checking the adapter and its base model")
-    folder = library.adapter_dir(adapter)
-    if not (folder / CONFIG).is_file():
-        raise ModelError(f"'{folder}' is a full model already (no {CONFIG}); export it as a zip instead",
-                         field="adapter")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}", field="dtype")
-    if not (isinstance(max_shard_size, int) or SHARD_SIZE.fullmatch(str(max_shard_size))):
-        raise ConfigError(f"'{max_shard_size}' is not a size; write it like 2GB or 500MB", field="max_shard_size")
-    name = library.validate_name(name)
+    folder, name = check_request(adapter, name, dtype, max_shard_size)
     target = exports_dir() / name
-    if target.exists():
-        raise ConfigError(f"exports/{name} already exists; choose another name", field="name")
     base = adapter_base(folder)
     check_adapter(folder, base)
     resolved = models.resolve(base, field="base_model")

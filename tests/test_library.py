@@ -186,6 +186,8 @@ def test_merge_refuses_bad_requests_before_writing(ws):
         merge("general", "../escape")
     with pytest.raises(ModelError, match="full model already"):
         merge("fulltune", "x")
+    with pytest.raises(ConfigError, match="'0GB' is not a size"):
+        merge("general", "zero-shards", max_shard_size="0GB")
     assert sorted(p.name for p in (ws / "exports").iterdir()) == ["taken"]
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from core import library
 from core.adapter_io import export_zip, import_adapter
-from core.adapter_merge import DTYPES
+from core.adapter_merge import DTYPES, check_request
 from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, check_arguments, parse_weights
 from core.child_task import run_core_command
 from core.errors import WorkbenchError
@@ -193,6 +193,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
             return t("lib.none", lang)
         out = name.strip() or f"{library.get(ref).name}-merged"
         try:     # in a child process: the full model it loads must never take the UI down
+            check_request(ref, out, dtype)          # refused at once, before a child starts
             path = run_core_command(["merge", "--adapter", ref, "--out", out, "--dtype", dtype],
                                     progress=lambda frac, msg: progress(frac, desc=msg))
         except WorkbenchError as e:
