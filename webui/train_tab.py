@@ -176,7 +176,8 @@ def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
     inputs = [panel.gpu, panel.gpus, lang_state] + tab.inputs
     _follow_devices(tab, panel)
     triggers = [c.change for c in tab.inputs] + [panel.gpu.change, panel.gpus.change, lang_state.change]
-    gr.on(triggers, update, inputs, panel.outputs, show_progress="hidden")
+    # A preset changes some fifty fields at once: one estimate for the last of them, not one for each.
+    gr.on(triggers, update, inputs, panel.outputs, show_progress="hidden", trigger_mode="always_last")
     tab.on_load = (update, inputs, panel.outputs)
 
     def apply(index, overrides, lang, *values):
@@ -230,7 +231,7 @@ def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, l
         return preview_text(cfg, lang), gr.update(value=str(path))
 
     gr.on([c.change for c in tab.inputs], on_change, [lang_state] + tab.inputs, [tab.preview, download],
-          show_progress="hidden")
+          show_progress="hidden", trigger_mode="always_last")
 
     def on_start(lang, key, last, *values):
         """Clicks queue one after another; one that repeats the tab's last start within
