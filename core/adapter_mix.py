@@ -69,8 +69,9 @@ def mix(adapters: list[str], weights: list[float], name: str, *, combination: st
             model.add_weighted_adapter([f"a{i}" for i in range(len(parents))], list(map(float, weights)),
                                        "default", combination_type=combination, svd_rank=svd_rank,
                                        density=density)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"peft cannot mix these adapters: {e}", field="combination") from None
+        except (ValueError, TypeError, RuntimeError) as e:     # RuntimeError: e.g. an SVD rank the layers lack
+            raise ConfigError(f"peft cannot mix these adapters: {str(e).splitlines()[0]}",
+                              field="svd_rank" if svd_rank else "combination") from None
         report("save", 0.85, "saving the mixed adapter")
         staged = work / "staged"
         model.save_pretrained(str(staged), selected_adapters=["default"])

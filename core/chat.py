@@ -14,7 +14,7 @@ from transformers import TextIteratorStreamer
 from core import models
 from core.hardware import cuda_has_bf16
 from core.encode import ensure_chat_template
-from core.errors import ModelError
+from core.errors import ModelError, WorkbenchError
 from core.workspace import read_json
 
 
@@ -213,7 +213,12 @@ def one_shot(adapter: str | Path | None, prompt: str, *, base: str | None = None
     if adapter is not None:
         adapter = Path(adapter)
         if not adapter.is_dir():
-            raise ModelError(f"adapter folder '{adapter}' does not exist", field="adapter")
+            from core import library
+            try:
+                adapter = library.adapter_dir(str(adapter))      # a library name or id, as merge takes
+            except WorkbenchError:
+                raise ModelError(f"'{adapter}' is neither an adapter folder nor a name in the library",
+                                 field="adapter") from None
         if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
             base, adapter = str(adapter), None      # a full fine-tuned model folder
     if adapter is not None:

@@ -346,7 +346,11 @@ def _collect_lines(node, prefix: str, lines: dict, seen: set, file) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             name = f"{prefix}{key_node.value}"
-            lines[name] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if name in lines:           # YAML keeps the last silently; the first is what the user sees
+                raise ConfigError(f"given twice (lines {lines[name]} and {line}); keep one", field=name, file=file,
+                                  line=line)
+            lines[name] = line
             _collect_lines(value_node, name + ".", lines, seen, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):

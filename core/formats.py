@@ -18,6 +18,7 @@ function_tag, system_tag.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -183,6 +184,8 @@ def type_name(value) -> str:
 
 def _text(data: dict, col: str, *, required: bool = True) -> str:
     value = data.get(col)
+    if isinstance(value, float) and math.isnan(value):     # pandas' missing value (Parquet, CSV read by pandas)
+        value = None
     if value is None:
         if required:
             raise RowProblem(f"missing field '{col}'", col)

@@ -107,3 +107,11 @@ def test_a_users_preset_is_saved_and_loaded_but_never_under_a_shipped_name(works
     assert refused.value.field == "preset" and presets.load("demo").lora.rank != 4
     presets.save("my demo", cfg)
     assert presets.load("my-demo").lora.rank == 4 and "demo" in presets.available()
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lora:\n  rank: 8\n  alpha: 16\n  rank: 64\n")
+    with pytest.raises(ConfigError, match=r"given twice \(lines 2 and 4\)") as refused:
+        RunConfig.load(path)
+    assert refused.value.field == "lora.rank"

@@ -118,3 +118,15 @@ def test_json_python_cannot_hold_is_refused_with_file_and_line(tmp_path, name, t
     path.write_text(text)
     with pytest.raises(DataError, match=error):
         read_records(path)
+
+
+def test_a_missing_value_in_parquet_is_missing_not_the_text_nan(tmp_path):
+    import pyarrow as pa
+
+    from core.data import check_file
+
+    path = tmp_path / "gaps.parquet"
+    pq.write_table(pa.table({"instruction": ["a", "b"], "output": [float("nan"), 2.5]}), path)    # a numeric column
+    report = check_file(path)
+    assert [s["messages"][-1]["content"] for s in report.samples] == ["2.5"]
+    assert "output" in report.problems[0].message and report.problems[0].line == 1

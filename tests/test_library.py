@@ -249,6 +249,7 @@ def test_mix_of_rslora_adapters_keeps_their_scale(ws, tiny_model, tmp_path):
     (["identity", "general"], [1, float("nan")], {}, "finite"),
     (["identity", "general"], [1, 1], {"combination": "magic"}, "not one of"),
     (["identity", "general"], [1, 1], {"combination": "ties"}, "needs a density"),
+    (["identity", "general"], [1, 1], {"combination": "svd", "svd_rank": 100000}, "peft cannot mix"),
 ])
 def test_mix_refuses_bad_requests(ws, adapters, weights, kwargs, error):
     with pytest.raises(WorkbenchError, match=error):
@@ -531,3 +532,12 @@ def test_merge_and_mix_run_as_child_processes_with_progress_and_the_clis_refusal
     run_core_command(["library", "mix", "identity", "general", "--weights", "0.5", "0.5", "--name", "halves"])
     assert library.get("halves").name == "halves"
     assert "ran out of memory" in failure_text(-9, ["[ 30%] loading the base"])
+
+
+def test_chat_takes_an_adapter_by_its_library_name_as_merge_does(ws):
+    from core.chat import one_shot
+
+    folder = ws / "runs" / "identity" / "adapter"
+    assert one_shot("identity", "Who are you?", max_new_tokens=6) == one_shot(folder, "Who are you?", max_new_tokens=6)
+    with pytest.raises(ModelError, match="neither an adapter folder nor a name in the library"):
+        one_shot("no-such-adapter", "hi")
