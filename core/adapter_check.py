@@ -89,6 +89,17 @@ def read_weight_shapes(root: Path) -> dict[str, tuple[int, ...]]:
         raise ModelError(f"not a readable safetensors file: {e}", file=str(path)) from None
 
 
+def check_ranks(config: dict, shapes: dict[str, tuple[int, ...]], root: Path) -> None:
+    """Each lora_A's rank is the config's r (or one of its rank_pattern's): peft would fail to load
+    the weights otherwise, in the middle of a merge or a chat."""
+    pattern = config.get("rank_pattern") if isinstance(config.get("rank_pattern"), dict) else {}
+    allowed = {config.get("r"), *pattern.values()}
+    for name, shape in shapes.items():
+        if ".lora_A." in name and len(shape) == 2 and shape[0] not in allowed:
+            raise ModelError(f"the weights hold rank {shape[0]} ({name}) but {CONFIG} says r={config.get('r')}",
+                             file=str(root / CONFIG), field="r")
+
+
 def same_model(a: str, b: str) -> bool:
     """Two names of one base model: equal, the same local folder, or a hub id and a local copy that
     share the model's name (org/Model and /models/Model)."""
@@ -192,6 +203,7 @@ def check_adapter(root: Path, base: str | None = None) -> CheckedAdapter:
     root = Path(root)
     config = read_config(root)
     shapes = read_weight_shapes(root)
+    check_ranks(config, shapes, root)
     base = choose_base(config.get("base_model_name_or_path"), base, file=str(root / CONFIG))
     check_fits_base(shapes, base)
     return CheckedAdapter(root=root, config=config, base_model=base, shapes=shapes)

@@ -263,8 +263,12 @@ def rename_dataset(old: str, new: str) -> DatasetInfo:
 
 def delete_dataset(name: str) -> None:
     """Forget the dataset and remove its folder (moved aside first, so no half-deleted dataset
-    is ever visible)."""
+    is ever visible). Refused while a queued or running run trains on it."""
     get_dataset(name)
+    users = runs_using(name)
+    if users:
+        raise DataError(f"run {', '.join(users)} trains on '{name}'; delete it when the run has ended or been "
+                        f"removed", field="name")
     folder = datasets_dir() / name
     trash = datasets_dir() / f".del-{name}-{uuid.uuid4().hex[:8]}"
     with db.transaction() as conn:
@@ -272,6 +276,20 @@ def delete_dataset(name: str) -> None:
         if folder.is_dir():
             os.rename(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def runs_using(name: str) -> list[str]:
+    """Ids of the queued, starting or running runs whose config names the saved dataset `name`."""
+    from core import jobs
+
+    users = []
+    for job in jobs.list_jobs():
+        if job.state in ("queued", *jobs.ACTIVE):
+            datasets = job.dir.read_config().get("datasets") or []
+            paths = [d.get("path") if isinstance(d, dict) else d for d in datasets if isinstance(d, (dict, str))]
+            if name in paths:
+                users.append(job.id)
+    return users
 
 
 HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")

@@ -290,3 +290,18 @@ def test_cli_import_list_and_llamafactory(cli, tmp_path, workspace):
     listed = json.loads(cli("data", "list", "--json", env=env).stdout)
     assert [(d["name"], d["format"], d["rows"]) for d in listed] == [("qa", "alpaca", 4), ("c4_demo", "text", 3),
                                                                      ("wiki_demo", "text", 3)]
+
+
+def test_a_saved_dataset_a_queued_run_trains_on_cannot_be_deleted_until_the_run_is_gone(tmp_path, workspace,
+                                                                                       tiny_model):
+    from core import jobs
+
+    lib.save_dataset("in-use", [qa_file(tmp_path)], columns={"instruction": "question", "output": "answer"})
+    job = jobs.submit(RunConfig.from_dict({"model": str(tiny_model), "datasets": ["in-use"],
+                                          "train": {"max_steps": 1}}))
+    with pytest.raises(DataError, match=f"run {job.id} trains on 'in-use'"):
+        lib.delete_dataset("in-use")
+    assert lib.get_dataset("in-use")
+    jobs.remove(job.id)
+    lib.delete_dataset("in-use")
+    assert lib.list_datasets() == []

@@ -332,6 +332,7 @@ def symlink_member() -> zipfile.ZipInfo:
     ("bad-json", "not valid JSON"),
     ("named-other-base", "was trained on"),
     ("shapes", "does not fit base model"),
+    ("rank", "the weights hold rank 4"),
     ("not-a-zip", "not a readable zip"),
 ])
 def test_bad_imports_are_refused_and_leave_nothing(workspace, tiny_model, other_model, tmp_path, case, error):
@@ -359,6 +360,9 @@ def test_bad_imports_are_refused_and_leave_nothing(workspace, tiny_model, other_
         config = json.loads((src / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = str(tiny_model)
         (src / "adapter_config.json").write_text(json.dumps(config))
+    elif case == "rank":
+        config = json.loads((src / "adapter_config.json").read_text())
+        (src / "adapter_config.json").write_text(json.dumps({**config, "r": 999}))
     elif case == "not-a-zip":
         src = tmp_path / "fake.zip"
         src.write_text("hello")
