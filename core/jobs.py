@@ -69,11 +69,16 @@ def devices_for(cfg: RunConfig) -> str:
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Queued runs start later, maybe from another folder: pin relative file paths now."""
+    """Queued runs start later, maybe from another folder: pin relative file paths now. A path that
+    is not here but is in the workbench's own folder (presets/data/...) is the shipped file."""
+    from core.presets import SHIPPED
+
     for spec in cfg.datasets:
         p = Path(spec.path).expanduser()
         if p.exists():
             spec.path = str(p.absolute())
+        elif not p.is_absolute() and (SHIPPED.parent / p).exists():
+            spec.path = str(SHIPPED.parent / p)
     p = Path(cfg.model).expanduser()
     if p.exists():
         cfg.model = str(p.absolute())

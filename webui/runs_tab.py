@@ -70,7 +70,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     runs_table = tr.add(gr.Dataframe(value=table(lang), interactive=False, label=t("runs.list", lang),
                                      elem_id="runs-table", wrap=True), "runs.list")
     with gr.Row():
-        run_select = tr.add(gr.Dropdown(choices=run_choices(), label=t("runs.select", lang), scale=4,
+        # No value at build: the first tick picks the newest run of that moment, not of the server's start.
+        run_select = tr.add(gr.Dropdown(choices=run_choices(), value=None, label=t("runs.select", lang), scale=4,
                                         elem_id="run-select"), "runs.select")
     with gr.Row():
         buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", elem_id=f"run-{key}"),
@@ -98,18 +99,20 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         box cleared): a tick sent before the user picked another run must not undo that pick."""
         choices = run_choices()
         ids = [v for _, v in choices]
-        pick, clear = gr.update(choices=choices), gr.skip()
+        # Choices are sent only when they changed: each update would undo what the user types to filter.
+        listed = [list(c) for c in choices]
+        pick, clear = (gr.skip() if seen_state.get("choices") == listed else gr.update(choices=choices)), gr.skip()
         if selected not in ids:
             selected, clear = (ids[0] if ids else None), False
             pick = gr.update(choices=choices, value=selected)
         outputs = [pick, table(lang), clear]
         if selected is None:
-            return outputs + [t("runs.no_run", lang), gr.skip(), "", seen_state]
+            return outputs + [t("runs.no_run", lang), gr.skip(), "", {"choices": listed}]
         job = jobs.get(selected)
         run = job.dir
         stamp = (selected, lang, _mtime(run.metrics), job.state)
         fig = gr.skip() if seen_state.get("chart") == stamp else run_figure(run.read_metrics(), lang)
-        return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp}]
+        return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp, "choices": listed}]
 
     shown = [run_select, runs_table, delete_files, progress, chart, log, seen]
     timer.tick(refresh, [run_select, lang_state, seen], shown, show_progress="hidden")
