@@ -231,7 +231,7 @@ def info_for(row: dict) -> AdapterInfo:
         train_loss=_number(metrics.get("train_loss")), eval_loss=_number(metrics.get("eval_loss")),
         size_bytes=size, size=human_size(size),
         created=meta.get("created") if isinstance(meta.get("created"), str) else _iso(row["created_at"]),
-        parents=[str(p) for p in _items(meta.get("parents"))])
+        parents=[p for p in _items(meta.get("parents")) if isinstance(p, dict)])
 
 
 def _mapping(value) -> dict:

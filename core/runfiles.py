@@ -62,8 +62,10 @@ class RunDir:
         _HELD[self.root] = handle
 
     def release_worker_lock(self) -> None:
+        """Unlinked while still held, so no other process can lock the file about to go."""
         handle = _HELD.pop(self.root, None)
         if handle is not None:
+            (self.root / ".worker.lock").unlink(missing_ok=True)
             handle.close()
 
     def read_status(self) -> dict:

@@ -292,7 +292,7 @@ def test_an_adapter_carrying_mistyped_metadata_is_listed_shown_and_deleted(works
     (src / "workbench.json").write_text(json.dumps({"datasets": 5, "metrics": "str", "parents": {"a": 1},
                                                     "created": 7}))
     info = import_adapter(src)
-    assert (info.datasets, info.steps, info.parents, info.rank) == ([], None, [], 4)
+    assert (info.datasets, info.steps, info.parents, info.rank) == ([], None, [], 4)     # parents: a dict
     (Path(info.path) / "workbench.json").write_text(json.dumps({"metrics": [1], "datasets": ["d"]}))
     assert library.get("odd").datasets == ["d"] and [i.name for i in library.list_adapters()] == ["odd"]
     library.delete("odd")
