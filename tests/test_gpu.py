@@ -118,7 +118,7 @@ def test_liger_layer_activations_equal_what_autograd_saves_on_the_gpu():
 
     from core import vram
     from core.train import LIGER_KERNELS
-    from test_vram import TOY, TOY_HF, cfg
+    from test_vram import TOY, TOY_HF, autograd_saved_bytes, cfg
 
     totals = []
     for layers in (1, 2):
@@ -128,19 +128,11 @@ def test_liger_layer_activations_equal_what_autograd_saves_on_the_gpu():
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
         apply_liger_kernel(model, LIGER_KERNELS)
-        owned = {id(st) for st in (t.untyped_storage() for t in [*model.parameters(), *model.buffers()])}
-        seen = {}
-
-        def pack(t):
-            st = t.untyped_storage()
-            if id(st) not in owned:
-                seen[id(st)] = st
-            return t
-
         ids = torch.randint(0, TOY_HF["vocab_size"], (2, 256), device="cuda")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+        def forward():
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 model(input_ids=ids, labels=ids, use_cache=False)
-        totals.append(sum(st.nbytes() for st in seen.values()))
+        totals.append(autograd_saved_bytes(model, forward))
     s = vram.setup_for(cfg(train={"liger_kernels": True}))
     assert vram.layer_saved(TOY, s, full=False) == pytest.approx(totals[1] - totals[0], rel=0.01)

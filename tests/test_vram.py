@@ -135,6 +135,23 @@ def test_parts_are_exactly_the_eight_and_add_up_to_the_total():
 
 # ---- activations: the formula against what autograd really saves on a real model ----------------
 
+def autograd_saved_bytes(model, forward) -> int:
+    """Bytes of the tensors autograd saves while `forward()` runs, the model's own weights left out."""
+    # The storage wrappers are held (dict values), so that no id is reused while the forward runs.
+    owned = {id(st): st for st in (t.untyped_storage() for t in [*model.parameters(), *model.buffers()])}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if id(st) not in owned:
+            seen[id(st)] = st          # held, so that no id is reused by a later storage
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(st.nbytes() for st in seen.values())
+
+
 def _saved_per_layer(method: str, weight_dtype, autocast: bool, arch_kw: dict) -> float:
     """Bytes autograd keeps per extra decoder layer in a real forward (CPU, bf16 autocast)."""
     from peft import LoraConfig, get_peft_model
@@ -148,20 +165,12 @@ def _saved_per_layer(method: str, weight_dtype, autocast: bool, arch_kw: dict) -
         if method == "lora":
             model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
-        owned = {id(st): st for st in (t.untyped_storage() for t in [*model.parameters(), *model.buffers()])}
-        seen = {}
-
-        def pack(t):
-            st = t.untyped_storage()
-            if id(st) not in owned:
-                seen[id(st)] = st          # held, so that no id is reused by a later storage
-            return t
-
         ids = torch.randint(0, arch_kw["vocab_size"], (2, 256))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+        def forward():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 model(input_ids=ids, labels=ids, use_cache=False)
-        totals.append(sum(st.nbytes() for st in seen.values()))
+        totals.append(autograd_saved_bytes(model, forward))
     return totals[1] - totals[0]
 
 
@@ -197,20 +206,12 @@ def test_qlora_layer_activations_equal_what_autograd_saves(tmp_path, upcast):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
-        owned = {id(st): st for st in (t.untyped_storage() for t in [*model.parameters(), *model.buffers()])}
-        seen = {}
-
-        def pack(t):
-            st = t.untyped_storage()
-            if id(st) not in owned:
-                seen[id(st)] = st
-            return t
-
         ids = torch.randint(0, 1000, (2, 256))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+        def forward():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 model(input_ids=ids, labels=ids, use_cache=False)
-        totals.append(sum(st.nbytes() for st in seen.values()))
+        totals.append(autograd_saved_bytes(model, forward))
     s = vram.setup_for(cfg(method="qlora", quant={"upcast_unquantized": upcast}))
     assert vram.layer_saved(TOY, s, full=False) == pytest.approx(totals[1] - totals[0], rel=0.01)
 
