@@ -57,6 +57,11 @@ class Job:
     def dir(self) -> RunDir:
         return RunDir(Path(self.run_dir))
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop; its worker is finishing the step and saving a checkpoint."""
+        return self.state in ACTIVE and self.dir.stop_asked(self.pid)
+
     @classmethod
     def from_row(cls, row) -> "Job":
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
@@ -331,6 +336,10 @@ def stop(job_id: str) -> Job:
         else:                           # started by hand: that process only, not the shell's pipeline
             os.kill(job.pid, signal.SIGTERM)
     except ProcessLookupError:
+        return job
+    try:
+        job.dir.mark_stop_asked(job.pid)
+    except OSError:                     # the folder deleted by hand: the worker still stops
         pass
     return job
 

@@ -68,6 +68,18 @@ class RunDir:
             (self.root / ".worker.lock").unlink(missing_ok=True)
             handle.close()
 
+    def mark_stop_asked(self, pid: int) -> None:
+        """A Stop was sent to worker `pid`; it ends at the end of its step, maybe a while away. Kept apart
+        from status.json, which only the worker writes."""
+        atomic_write_text(self.root / ".stop-asked", str(pid))
+
+    def stop_asked(self, pid: int | None) -> bool:
+        """True once a Stop has been sent to this worker (not an earlier one of a resumed run)."""
+        try:
+            return bool(pid) and (self.root / ".stop-asked").read_text().strip() == str(pid)
+        except OSError:
+            return False
+
     def read_status(self) -> dict:
         status = read_json(self.status, default={})
         return status if isinstance(status, dict) else {}

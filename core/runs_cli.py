@@ -50,14 +50,16 @@ def _print(result) -> int:
 def cmd_list(args) -> int:
     rows = jobs.list_jobs()
     if args.json:
-        print(json.dumps([{**j.__dict__, "folder_missing": jobs.folder_missing(j)} for j in rows], indent=2,
-                         default=str))
+        print(json.dumps([{**j.__dict__, "folder_missing": jobs.folder_missing(j),
+                           "stopping": j.stopping} for j in rows],
+                         indent=2, default=str))
         return 0
     for j in rows:
         status = j.dir.read_status()
         step = f"{status.get('step', 0)}/{status.get('total_steps') or '?'}"
         missing = "  (folder deleted)" if jobs.folder_missing(j) else ""
-        print(f"{j.id:48} {j.state:10} {step:>10} {j.method:6} {j.model}{missing}")
+        shown = "stopping" if j.stopping else j.state
+        print(f"{j.id:48} {shown:10} {step:>10} {j.method:6} {j.model}{missing}")
     return 0
 
 

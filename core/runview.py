@@ -13,6 +13,7 @@ def summary(job: Job) -> dict:
     end = job.finished_at or (time.time() if job.state in ("starting", "running") else None)
     return {
         "id": job.id, "name": job.name or job.id, "model": job.model, "method": job.method, "state": job.state,
+        "stopping": job.stopping,
         "step": step, "total_steps": total,
         "progress": step / total if total else (1.0 if job.state == "completed" else 0.0),
         "eta_s": status.get("eta_s") if job.state == "running" else None,
@@ -22,6 +23,11 @@ def summary(job: Job) -> dict:
         "peak_mem_gib": status.get("peak_mem_gib"), "mem_device": status.get("mem_device"),
         "estimate_gib": status.get("estimate_gib"), "folder_missing": folder_missing(job),
     }
+
+
+def shown_state(s: dict) -> str:
+    """The state as a person reads it: a running run asked to stop is 'stopping' until its worker ends."""
+    return "stopping" if s["stopping"] else s["state"]
 
 
 def summaries() -> list[dict]:

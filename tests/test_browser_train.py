@@ -176,6 +176,34 @@ def test_merge_exports_from_a_child_process_and_a_refusal_reads_as_the_cli_says_
     assert "Traceback" not in page.locator("#lib-message").inner_text()
 
 
+def test_a_finished_run_opens_in_chat_and_a_merged_export_is_a_base(page, tiny_model):
+    """'twice' lost its adapter to the delete above; 'elsewhere' still has its own. After a reload the
+    chat starts on the newest adapter, on the base it was trained on."""
+    open_tab(page, "Runs")
+    pick(page, "run-select", "twice")
+    page.wait_for_selector("#run-progress >> text=twice")
+    page.locator("#run-chat").click()
+    page.wait_for_selector("#runs-message >> text=left no adapter")
+    pick(page, "run-select", "elsewhere")
+    page.wait_for_selector("#run-progress[data-state='completed'] >> text=elsewhere", timeout=180_000)
+    page.locator("#run-chat").click()
+    page.wait_for_selector("#chat-prompt textarea")
+    assert page.locator("#chat-adapter-a input").first.input_value().startswith("elsewhere")
+    assert page.locator("#chat-base input").first.input_value() == str(tiny_model)
+    pick(page, "chat-base", "merged-ui")
+    page.wait_for_function("() => document.querySelector('#chat-adapter-a input').value.startsWith('(no adapter')")
+    page.locator("#chat-prompt textarea").fill("Hello")
+    page.locator("#chat-send").click()
+    page.wait_for_function("() => document.querySelector('#chat-stats-a').innerText.includes('tokens/s')",
+                           timeout=120_000)
+    assert "Error" not in page.locator("#chat-status").inner_text()
+    page.reload()
+    page.wait_for_selector("#mem-summary >> text=GiB")
+    open_tab(page, "Chat")
+    page.wait_for_function("() => !document.querySelector('#chat-adapter-a input').value.startsWith('(no adapter')")
+    assert page.locator("#chat-base input").first.input_value() == str(tiny_model)
+
+
 def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
     """'elsewhere', queued from the command line two tests ago, has run by now."""
     import shutil

@@ -319,3 +319,25 @@ def test_a_stop_that_finds_the_run_just_started_leaves_it_to_the_worker(tiny_mod
     jobs._set(job.id, state="queued")
     assert jobs.leave_queue(job) is True
     assert state(job.id) == "stopped" and job.dir.read_status()["state"] == "stopped"
+
+
+def test_a_run_asked_to_stop_reads_stopping_until_its_worker_ends(tiny_model, workspace, cli):
+    """A worker mid-step takes a while to stop: this one, named for the run, does not stop at all.
+    A resumed run's new worker is not 'stopping' for the Stop sent to the one before."""
+    from core import runview
+    job = jobs.submit(cfg(tiny_model))
+    worker = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                               "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)", job.id],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        worker.stdout.readline()
+        jobs._set(job.id, state="running", position=None, pid=worker.pid)
+        assert runview.summary(jobs.get(job.id))["stopping"] is False
+        jobs.stop(job.id)
+        summary = runview.summary(jobs.get(job.id))
+        assert summary["stopping"] and runview.shown_state(summary) == "stopping" and worker.poll() is None
+        assert f"{job.id} stopping" in " ".join(cli("runs", "list").stdout.split())
+        jobs._set(job.id, pid=os.getpid())            # the next worker of the same run
+        assert not jobs.get(job.id).stopping
+    finally:
+        worker.kill()

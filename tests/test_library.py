@@ -178,6 +178,26 @@ def test_merged_model_gives_the_same_greedy_tokens_as_base_plus_adapter(ws, tiny
     assert (logits(tiny_model, adapter) - logits(tiny_model)).abs().max() > 1e-3, "the adapter must matter"
 
 
+def test_the_chat_offers_every_model_it_can_talk_to_once(ws, tiny_model):
+    from core import chat_choices
+    from core.config import EMBEDDED_MODEL
+
+    merge("identity", "merged-chat")
+    half_written = ws / "exports" / ".merged-chat.tmp"
+    half_written.mkdir()
+    (half_written / "config.json").write_text("{}")
+    values = [b.value for b in chat_choices.bases()]
+    assert values[0] == EMBEDDED_MODEL and len(values) == len(set(values))
+    assert library.get("identity").base_model in values
+    assert str(ws / "runs" / "fulltune" / "model") in values
+    assert str(ws / "exports" / "merged-chat") in values and str(half_written) not in values
+    assert chat_choices.trained_in(ws / "runs" / "identity").path == str(ws / "runs" / "identity" / "adapter")
+    assert chat_choices.trained_in(ws / "runs" / "fulltune").kind == "model"
+    assert chat_choices.trained_in(ws / "runs" / "nope") is None
+    assert chat_choices.newest_adapter().kind == "adapter"
+    assert {a.name for a in chat_choices.adapters()} == {"identity", "general"}
+
+
 def test_merge_refuses_bad_requests_before_writing(ws):
     merge("identity", "taken")
     with pytest.raises(ConfigError, match="exports/taken already exists"):

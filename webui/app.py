@@ -37,12 +37,13 @@ def build(lang: str = "en") -> gr.Blocks:
             with tr.add(gr.Tab(t("tab.library", lang), id="library", elem_id="tab-library"), "tab.library") as lib:
                 lib_pick, to_chat, listing, refresh_listing, base_filter = library_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.chat", lang), id="chat", elem_id="tab-chat"), "tab.chat") as chat:
-                chat_base, chat_adapter = chat_tab.build(tr, lang_state, lang)
+                chat_base, chat_adapter, chat_load = chat_tab.build(tr, lang_state, lang)
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
         lib.select(refresh_listing, [base_filter, lib_pick, lang_state], listing)
         data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
-        chat.select(lambda lang, current: gr.update(choices=chat_tab.adapter_choices(lang)),
-                    [lang_state, chat_adapter], chat_adapter)
+        chat.select(lambda lang: (gr.update(choices=chat_tab.base_choices()),
+                                  gr.update(choices=chat_tab.adapter_choices(lang))),
+                    lang_state, [chat_base, chat_adapter])
 
         def open_in_chat(ref, lang):
             if not ref:
@@ -52,10 +53,10 @@ def build(lang: str = "en") -> gr.Blocks:
             except WorkbenchError as e:          # deleted since the list was shown
                 gr.Warning(t("error", lang, error=str(e)))
                 return gr.skip(), gr.skip(), gr.skip()
-            return (gr.Tabs(selected="chat"), gr.update(choices=chat_tab.adapter_choices(lang), value=info.id),
-                    info.base_model)
+            return (gr.Tabs(selected="chat"), *chat_tab.picks_for(info, lang))
 
-        to_chat.click(open_in_chat, [lib_pick, lang_state], [tabs, chat_adapter, chat_base])
+        to_chat.click(open_in_chat, [lib_pick, lang_state], [tabs, chat_base, chat_adapter])
+        runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, tabs, chat_base, chat_adapter)
 
         def use_dataset(name, chosen):
             chosen = list(chosen or [])
@@ -68,6 +69,7 @@ def build(lang: str = "en") -> gr.Blocks:
                           train.datasets, train.datasets)
         _wire_language(tr, language, lang_state)
         demo.load(*train.on_load, show_progress="hidden")
+        demo.load(*chat_load, show_progress="hidden")
     return demo
 
 

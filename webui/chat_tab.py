@@ -5,7 +5,7 @@ import threading
 
 import gradio as gr
 
-from core import library
+from core import chat_choices, library
 from core.chat import GenerationOptions
 from core.chat_service import ChatService
 from core.config import EMBEDDED_MODEL
@@ -18,27 +18,43 @@ _stops: dict[str, threading.Event] = {}
 
 
 def adapter_choices(lang: str) -> list[tuple[str, str]]:
-    rows = [a for a in library.list_adapters() if a.kind == "adapter"]
     return [(t("chat.no_adapter", lang), NO_ADAPTER)] + [(f"{a.name} · {a.base_model.rsplit('/', 1)[-1]}", a.id)
-                                                         for a in rows]
+                                                         for a in chat_choices.adapters()]
 
 
-def newest_adapter() -> str:
-    """The newest finished run's adapter, the default choice."""
-    rows = [a for a in library.list_adapters() if a.kind == "adapter"]
-    return max(rows, key=lambda a: a.created).id if rows else NO_ADAPTER
+def base_choices() -> list[tuple[str, str]]:
+    return [(b.label, b.value) for b in chat_choices.bases()]
 
 
 def base_of(adapter_id: str) -> str | None:
-    return library.get(adapter_id).base_model if adapter_id else None
+    """The base an adapter was trained on; None for no adapter or one deleted since the list was shown."""
+    try:
+        return library.get(adapter_id).base_model if adapter_id else None
+    except WorkbenchError:
+        return None
+
+
+def picks_for(info: library.AdapterInfo | None, lang: str) -> tuple[dict, dict]:
+    """The (base, adapter A) updates that open the chat on a library entry: an adapter on its base, a
+    full model as the base itself; none, the newest adapter (what a visitor most likely just trained)."""
+    info = info or chat_choices.newest_adapter()
+    if info is None:
+        base, adapter = EMBEDDED_MODEL, NO_ADAPTER
+    elif info.kind == "model":
+        base, adapter = info.path, NO_ADAPTER
+    else:
+        base, adapter = info.base_model, info.id
+    return (gr.update(choices=base_choices(), value=base),
+            gr.update(choices=adapter_choices(lang), value=adapter))
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     with gr.Row():
-        base = tr.add(gr.Dropdown(choices=[EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
+        # Values are set on each page load (on_load), not at build: the newest adapter is the one of that moment.
+        base = tr.add(gr.Dropdown(choices=base_choices(), value=EMBEDDED_MODEL, allow_custom_value=True,
                                   label=t("chat.base", lang), info=t("chat.base_hint", lang), scale=2,
                                   elem_id="chat-base"), "chat.base", "labelinfo")
-        adapter_a = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=newest_adapter(),
+        adapter_a = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER,
                                        label=t("chat.adapter_a", lang), scale=2, elem_id="chat-adapter-a"),
                            "chat.adapter_a")
         side = tr.add(gr.Checkbox(label=t("chat.side_by_side", lang), value=False, scale=1, elem_id="chat-side"),
@@ -79,6 +95,14 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         return gr.update(value=base_of(adapter_id)) if adapter_id else gr.skip()
 
     adapter_a.input(on_adapter, adapter_a, base)
+
+    def on_base(base_name, adapter_id):
+        """A base the picked adapter was not trained on would not take it: chat with the base alone."""
+        if adapter_id and base_of(adapter_id) != base_name:
+            return gr.update(value=NO_ADAPTER)
+        return gr.skip()
+
+    base.input(on_base, [base, adapter_a], adapter_a)
 
     def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, n, rep, lang,
                 request: gr.Request):
@@ -132,7 +156,9 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
 
     adapter_a.focus(refresh_choices, [lang_state, adapter_a], adapter_a)
     adapter_b.focus(refresh_choices, [lang_state, adapter_b], adapter_b)
-    return base, adapter_a
+    base.focus(lambda: gr.update(choices=base_choices()), None, base)
+    on_load = (lambda lang: picks_for(None, lang), lang_state, [base, adapter_a])
+    return base, adapter_a, on_load
 
 
 def _out(histories, hist_b, two, stats, status, prompt=None):

@@ -103,6 +103,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.folder_missing_note": ("This run's folder {path} was deleted; its log, charts and adapter are gone. "
                                  "Remove it from the list.",
                                  "此运行的文件夹 {path} 已被删除；日志、曲线和适配器都已不在。请将其从列表移除。"),
+    "runs.chat": ("Chat with it", "与它对话"),
+    "runs.nothing_to_chat": ("{id} left no adapter to chat with (it is {state}); a run that completes puts its "
+                             "adapter in the Library.",
+                             "{id} 没有可对话的适配器（状态：{state}）；运行完成后其适配器会进入适配器库。"),
     "runs.up": ("Move up", "上移"),
     "runs.down": ("Move down", "下移"),
     "runs.log": ("Log", "日志"),
@@ -129,6 +133,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state.completed": ("completed", "已完成"),
     "state.failed": ("failed", "失败"),
     "state.stopped": ("stopped", "已停止"),
+    "state.stopping": ("stopping (saving a checkpoint)", "正在停止（保存检查点）"),
     # chat tab
     "chat.base": ("Base model", "基础模型"),
     "chat.base_hint": ("Loaded once and kept in memory; picking another releases it.",

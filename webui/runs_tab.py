@@ -10,8 +10,9 @@ import uuid
 import gradio as gr
 import pandas as pd
 
-from core import jobs, runview
+from core import chat_choices, jobs, runview
 from core.errors import WorkbenchError
+from webui import chat_tab
 from webui.charts import compare_figure, run_figure
 from webui.i18n import Translator, t
 
@@ -22,7 +23,7 @@ def table(lang: str) -> pd.DataFrame:
     cols = t("runs.cols", lang).split("|")
     rows = []
     for s in runview.summaries():
-        state = t(f"state.{s['state']}", lang)
+        state = t(f"state.{runview.shown_state(s)}", lang)
         if s["folder_missing"]:
             state += f" · {t('runs.folder_missing', lang)}"
         if s["queue_position"]:
@@ -46,7 +47,7 @@ def progress_html(job: jobs.Job, lang: str) -> str:
     if s["folder_missing"]:
         error += f"<div class='run-missing'>{html.escape(t('runs.folder_missing_note', lang, path=job.run_dir))}</div>"
     return (f"<div id='run-progress' data-state='{job.state}' data-step='{s['step']}'>"
-            f"<b>{html.escape(s['name'])}</b> · {t('state.' + job.state, lang)} {step}{eta}"
+            f"<b>{html.escape(s['name'])}</b> · {t('state.' + runview.shown_state(s), lang)} {step}{eta}"
             f"<div style='background:#eee;border-radius:4px;height:12px;margin-top:4px'>"
             f"<div style='width:{pct:.1f}%;background:{color};height:12px;border-radius:4px'></div></div>"
             f"{memory_line(s, lang)}{error}</div>")
@@ -76,7 +77,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     with gr.Row():
         buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", elem_id=f"run-{key}"),
                                f"runs.{key}", "value")
-                   for key in ("stop", "resume", "rerun", "clone", "remove", "up", "down")}
+                   for key in ("stop", "resume", "rerun", "clone", "chat", "remove", "up", "down")}
     delete_files = tr.add(gr.Checkbox(False, label=t("runs.delete_files", lang), elem_id="run-delete-files"),
                           "runs.delete_files")
     buttons["delete_files"] = delete_files
@@ -187,6 +188,24 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
 
     buttons["clone"].click(clone, [run_select, lang_state],
                            train_tab.inputs + [train_tab.message, action_msg, tabs])
+
+
+def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_adapter):
+    """Chat with it: the run's adapter (or its full model) opens in the Chat tab."""
+    def open_chat(run_id, lang):
+        unchanged = [gr.skip()] * 3
+        if not run_id:
+            return [t("runs.no_run", lang)] + unchanged
+        try:
+            job = jobs.get(run_id)
+            info = chat_choices.trained_in(job.run_dir)
+        except WorkbenchError as e:
+            return [t("error", lang, error=str(e))] + unchanged
+        if info is None:
+            return [t("runs.nothing_to_chat", lang, id=run_id, state=t(f"state.{job.state}", lang))] + unchanged
+        return ["", gr.Tabs(selected="chat"), *chat_tab.picks_for(info, lang)]
+
+    button.click(open_chat, [run_select, lang_state], [action_msg, tabs, chat_base, chat_adapter])
 
 
 def _mtime(path) -> float:
