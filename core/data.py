@@ -252,18 +252,43 @@ class TrainingData:
                 "truncated": self.truncated, "dropped": len(self.dropped), "tokens": self.tokens}
 
 
-def check_datasets(cfg: RunConfig) -> None:
-    """What `build` would refuse without a tokenizer: no dataset, a file that is missing, unreadable
-    or of no known type, a dataset with no usable row. Run before a run is queued, so that it does
-    not fail hours later at the front of the queue."""
+def check_datasets(cfg: RunConfig, tokenizer=None) -> None:
+    """What `build` would refuse: no dataset, a file that is missing, unreadable or of no known type,
+    a dataset with no usable row; with the tokenizer, also one whose every row is too long or has
+    nothing to train on. Run before a run is queued, so that it does not fail hours later at the
+    front of the queue."""
     if not cfg.datasets:
         raise DataError("no dataset given", field="datasets")
+    if tokenizer is not None:
+        ensure_chat_template(tokenizer)
     for i, spec in enumerate(cfg.datasets):
         reports = load_spec(spec)
         if not any(r.samples for r in reports):
             first = next((p for r in reports for p in r.problems), None)
-            raise DataError(f"no usable rows{f' (e.g. line {first.line}: {first.message})' if first else ''}",
-                            file=spec.path, field=f"datasets.{i}")
+        elif tokenizer is None or (first := unencodable(reports, tokenizer, cfg)) is False:
+            continue
+        raise DataError(f"no usable rows{f' (e.g. line {first.line}: {first.message})' if first else ''}",
+                        file=spec.path, field=f"datasets.{i}")
+
+
+ENCODE_CHECK_ROWS = 2000
+
+
+def unencodable(reports: list, tokenizer, cfg: RunConfig):
+    """False as soon as a row encodes into something to train on, or after ENCODE_CHECK_ROWS rows
+    (a large file is left to the run); else the first row's problem: no row of this dataset trains."""
+    first, tried = None, 0
+    for report in reports:
+        for sample, line in zip(report.samples, report.lines):
+            try:
+                encode_sample(tokenizer, sample, cfg.data.max_seq_len, cfg.data.train_on)
+                return False
+            except RowProblem as p:
+                first = first or Problem(line, str(p), file=report.file)
+            tried += 1
+            if tried >= ENCODE_CHECK_ROWS:
+                return False
+    return first
 
 
 def build(cfg: RunConfig, tokenizer) -> TrainingData:

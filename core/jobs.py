@@ -134,12 +134,13 @@ def submit(cfg: RunConfig, *, request_key: str | None = None) -> Job:
 
 def check_before_queue(cfg: RunConfig) -> None:
     """Refuse now what the worker would refuse once it reaches the front of the queue: a model that
-    cannot train, data that cannot be read, adapters on layers the model does not have."""
+    cannot train, data that cannot be read or has no row to train on, adapters on layers the model
+    does not have."""
     from core import data, vram
     from core.arch import load_arch
 
     models.check_trainable(cfg.model)
-    data.check_datasets(cfg)
+    data.check_datasets(cfg, models.tokenizer_here(cfg.model, cfg.trust_remote_code))
     if cfg.is_adapter_method():
         try:
             arch = load_arch(cfg.model, cfg.trust_remote_code)

@@ -237,6 +237,17 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     return tok
 
 
+def tokenizer_here(name: str, trust_remote_code: bool = False):
+    """The model's tokenizer when it is on this machine already (a model folder, the embedded model
+    once converted), else None: for checks that must neither download nor convert anything."""
+    path = Path(os.path.expanduser(name.strip()))
+    if is_embedded(name):
+        path = models_dir() / EMBEDDED_MODEL
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return None
+    return load_tokenizer(ResolvedModel(str(path.absolute()), "local", name), trust_remote_code)
+
+
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoConfig
 

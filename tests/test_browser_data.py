@@ -34,12 +34,13 @@ def test_upload_shows_format_report_preview_and_lengths(page, tmp_path):
     bad.write_text('{"instruction": "Say hi", "output": "Hi!"}\n'
                    '{"instruction": "Say bye", "output": ""}\n'
                    '{"messages": [{"role": "user", "content": "Q"}]}\n')
+    assert not page.locator("#data-problems").is_visible()      # no file, no problems table
     page.locator("#data-upload input[type=file]").set_input_files([str(FIXTURES / "alpaca_en_demo.json"), str(bad)])
     page.wait_for_selector("#data-preview .wb-trained")
     detected = page.locator("#data-detected").inner_text()
     assert "alpaca_en_demo.json" in detected and "Alpaca" in detected and "usable" in detected
     problems = page.locator("#data-problems").inner_text()
-    assert "mixed.jsonl" in problems and "empty" in problems
+    assert "mixed.jsonl" in problems and "empty" in problems and "line" in problems
     masked = page.locator("#data-preview .wb-sample .wb-masked").first.inner_text()
     trained = page.locator("#data-preview .wb-sample .wb-trained").first.inner_text()
     assert "<|im_start|>user" in masked and "<|im_start|>" not in trained

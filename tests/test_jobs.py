@@ -1,4 +1,5 @@
 """The queue and supervisor with real worker processes on the tiny model."""
+import json
 import os
 import signal
 import subprocess
@@ -166,11 +167,13 @@ def test_a_model_that_cannot_train_is_refused_before_anything_is_queued(tiny_mod
     ({"datasets": ["{tmp}/notes.txt-less"]}, "unsupported file type", None),
     ({"datasets": ["{tmp}/broken.jsonl"]}, "no usable rows", "datasets.0"),
     ({"lora": {"target_modules": "nonexistent_proj"}}, "none of nonexistent_proj is a linear layer", "lora.target_modules"),
-], ids=["missing-file", "unknown-type", "no-usable-rows", "no-such-layer"])
+    ({"datasets": ["{tmp}/long.jsonl"], "data": {"max_seq_len": 32}}, "reply lies beyond the max length", "datasets.0"),
+], ids=["missing-file", "unknown-type", "no-usable-rows", "no-such-layer", "every-row-too-long"])
 def test_a_run_that_would_fail_at_the_front_of_the_queue_is_refused_now(tiny_model, workspace, tmp_path, change,
                                                                          words, field):
     (tmp_path / "notes.txt-less").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (tmp_path / "broken.jsonl").write_text('{"instruction": "", "output": ""}\n')
+    (tmp_path / "long.jsonl").write_text(json.dumps({"instruction": "Tell me more. " * 40, "output": "No."}) + "\n")
     data = {**cfg(tiny_model).to_dict(), **{k: v for k, v in change.items() if k != "datasets"}}
     if "datasets" in change:
         data["datasets"] = [p.format(tmp=tmp_path) for p in change["datasets"]]

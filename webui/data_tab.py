@@ -101,8 +101,9 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
             slots = [gr.Dropdown(choices=[], allow_custom_value=True, visible=False, elem_id=f"map-{i}")
                      for i in range(SLOTS)]
     detected = gr.Markdown(elem_id="data-detected")
-    problems = tr.add(gr.Dataframe(interactive=False, label=t("data.problems", lang), elem_id="data-problems",
-                                   wrap=True, max_height=260), "data.problems")
+    problems = tr.add(gr.Dataframe(value=problem_frame([], lang), interactive=False, label=t("data.problems", lang),
+                                   elem_id="data-problems", wrap=True, max_height=260, visible=False),
+                      "data.problems")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             sample_view = gr.HTML(elem_id="data-preview")
@@ -130,7 +131,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
 
     def check(files, fmt_value, model_name, n_max, on, n, lang, *slot_values):
         if not files:
-            return ["", None, "", None, ""] + [gr.update(visible=False)] * SLOTS
+            return ["", gr.update(value=problem_frame([], lang), visible=False), "", None, ""] + \
+                [gr.update(visible=False)] * SLOTS
         paths = [Path(f) for f in files]
         checks = check_files(paths, fmt_value, mapping_from(fmt_value, list(slot_values)),
                              names=[p.name for p in paths])
@@ -234,7 +236,7 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
         rows += [[c.file, p.line, p.message] for p in r.problems]
         samples += r.samples
         sample_lines += r.lines
-    frame = pd.DataFrame(rows, columns=t("data.problem_cols", lang).split("|"))
+    frame = gr.update(value=problem_frame(rows, lang), visible=bool(rows))
     slots = _slot_updates(fmt_value if fmt_value != "auto" else report_fmt, columns_found, slot_values, lang)
     if not samples:
         return ["\n".join(lines), frame, "", None, ""] + slots
@@ -249,6 +251,11 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
     summary = t("data.length_summary", lang, share=100 * stats.truncated_share, n=stats.truncated, max_len=max_len,
                 p95=stats.suggested_95, p99=stats.suggested_99, longest=stats.longest)
     return ["\n".join(lines), frame, html, histogram(stats, lang), summary] + slots
+
+
+def problem_frame(rows: list, lang: str) -> pd.DataFrame:
+    """Named columns even when empty, which gradio would otherwise head 1, 2, 3."""
+    return pd.DataFrame(rows, columns=t("data.problem_cols", lang).split("|"))
 
 
 def _slot_updates(fmt, columns_found, current, lang) -> list:
