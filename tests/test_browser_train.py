@@ -231,3 +231,30 @@ def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
     page.wait_for_selector("#runs-message >> text=and its files")
     assert not list(runs.glob("twice-*")) and not page.locator("#run-delete-files input").is_checked()
     page.wait_for_function("() => !document.querySelector('#runs-table').textContent.includes('twice')")
+
+
+def test_stop_and_resume_from_the_runs_tab(page, tiny_model):
+    """A run long enough to be stopped mid-way; Resume carries it on to its last step."""
+    open_tab(page, "Train")
+    pick(page, "preset", "demo")
+    page.wait_for_function("() => document.querySelector('#field-name input, #field-name textarea').value == 'demo'")
+    page.locator("#field-model input").fill(str(tiny_model))
+    page.locator("#field-model input").press("Enter")
+    if not page.locator("#field-train-max_steps input").first.is_visible():
+        page.locator("#group-training").get_by_text("Training").first.click()
+    set_field(page, "field-train-max_steps", 120)
+    set_field(page, "field-name", "stopper")
+    page.wait_for_timeout(1000)
+    page.locator("#start").click()
+    page.wait_for_selector("#train-message >> text=queued")
+    open_tab(page, "Runs")
+    pick(page, "run-select", "stopper")
+    page.wait_for_selector("#run-progress[data-state='running'] >> text=stopper", timeout=120_000)
+    page.locator("#run-stop").click()
+    page.wait_for_selector("#runs-message >> text=to stop")
+    page.wait_for_selector("#run-progress[data-state='stopped'] >> text=stopper", timeout=120_000)
+    stopped_at = int(page.locator("#run-progress").get_attribute("data-step"))
+    assert 0 < stopped_at < 120
+    page.locator("#run-resume").click()
+    page.wait_for_selector("#run-progress[data-state='completed'] >> text=stopper", timeout=300_000)
+    assert page.locator("#run-progress").get_attribute("data-step") == "120"

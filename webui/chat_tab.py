@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -49,116 +50,124 @@ def picks_for(info: library.AdapterInfo | None, lang: str) -> tuple[dict, dict]:
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+    c = SimpleNamespace()
+    _layout_choices(c, tr, lang)
+    _layout_conversation(c, tr, lang)
+    c.side.change(lambda on: (gr.update(visible=on), gr.update(visible=on)), c.side, [c.adapter_b, c.col_b])
+    c.adapter_a.input(on_adapter, c.adapter_a, c.base)
+    c.base.input(on_base, [c.base, c.adapter_a], c.adapter_a)
+    inputs = [c.prompt, c.bot_a, c.bot_b, c.base, c.adapter_a, c.adapter_b, c.side, c.system, c.temperature,
+              c.top_p, c.top_k, c.max_new, c.repetition, lang_state]
+    outputs = [c.bot_a, c.bot_b, c.stats_a, c.stats_b, c.status, c.prompt]
+    events = [c.send.click(respond, inputs, outputs), c.prompt.submit(respond, inputs, outputs)]
+    c.stop.click(on_stop, None, None, cancels=events)
+    c.clear.click(lambda: ([], [], "", ""), None, [c.bot_a, c.bot_b, c.stats_a, c.stats_b])
+    for adapter in (c.adapter_a, c.adapter_b):
+        adapter.focus(lambda lang: gr.update(choices=adapter_choices(lang)), lang_state, adapter)
+    c.base.focus(lambda: gr.update(choices=base_choices()), None, c.base)
+    on_load = (lambda lang: picks_for(None, lang), lang_state, [c.base, c.adapter_a])
+    return c.base, c.adapter_a, on_load
+
+
+def _layout_choices(c, tr: Translator, lang: str) -> None:
+    """What answers: base, adapter A, and adapter B side by side; then the system prompt and sampling."""
     with gr.Row():
         # Values are set on each page load (on_load), not at build: the newest adapter is the one of that moment.
-        base = tr.add(gr.Dropdown(choices=base_choices(), value=EMBEDDED_MODEL, allow_custom_value=True,
-                                  label=t("chat.base", lang), info=t("chat.base_hint", lang), scale=2,
-                                  elem_id="chat-base"), "chat.base", "labelinfo")
-        adapter_a = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER,
-                                       label=t("chat.adapter_a", lang), scale=2, elem_id="chat-adapter-a"),
-                           "chat.adapter_a")
-        side = tr.add(gr.Checkbox(label=t("chat.side_by_side", lang), value=False, scale=1, elem_id="chat-side"),
-                      "chat.side_by_side")
-        adapter_b = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER, visible=False,
-                                       label=t("chat.adapter_b", lang), scale=2, elem_id="chat-adapter-b"),
-                           "chat.adapter_b")
-    system = tr.add(gr.Textbox(label=t("chat.system", lang), max_lines=3, elem_id="chat-system"), "chat.system")
+        c.base = tr.add(gr.Dropdown(choices=base_choices(), value=EMBEDDED_MODEL, allow_custom_value=True,
+                                    label=t("chat.base", lang), info=t("chat.base_hint", lang), scale=2,
+                                    elem_id="chat-base"), "chat.base", "labelinfo")
+        c.adapter_a = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER,
+                                         label=t("chat.adapter_a", lang), scale=2, elem_id="chat-adapter-a"),
+                             "chat.adapter_a")
+        c.side = tr.add(gr.Checkbox(label=t("chat.side_by_side", lang), value=False, scale=1,
+                                    elem_id="chat-side"), "chat.side_by_side")
+        c.adapter_b = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER, visible=False,
+                                         label=t("chat.adapter_b", lang), scale=2, elem_id="chat-adapter-b"),
+                             "chat.adapter_b")
+    c.system = tr.add(gr.Textbox(label=t("chat.system", lang), max_lines=3, elem_id="chat-system"), "chat.system")
     with tr.add(gr.Accordion(t("chat.sampling", lang), open=False), "chat.sampling"):
         with gr.Row():
-            temperature = tr.add(gr.Slider(0, 2, value=0, step=0.05, label=t("chat.temperature", lang),
-                                           info=t("chat.temperature_hint", lang)), "chat.temperature", "labelinfo")
-            top_p = tr.add(gr.Slider(0.05, 1, value=0.95, step=0.05, label="top-p"), "chat.top_p")
-            top_k = tr.add(gr.Slider(0, 200, value=50, step=1, label="top-k"), "chat.top_k")
-            max_new = tr.add(gr.Slider(8, 2048, value=256, step=8, label=t("chat.max_new", lang)), "chat.max_new")
-            repetition = tr.add(gr.Slider(1.0, 2.0, value=1.0, step=0.05, label=t("chat.repetition", lang)),
-                                "chat.repetition")
+            c.temperature = tr.add(gr.Slider(0, 2, value=0, step=0.05, label=t("chat.temperature", lang),
+                                             info=t("chat.temperature_hint", lang)), "chat.temperature", "labelinfo")
+            c.top_p = tr.add(gr.Slider(0.05, 1, value=0.95, step=0.05, label="top-p"), "chat.top_p")
+            c.top_k = tr.add(gr.Slider(0, 200, value=50, step=1, label="top-k"), "chat.top_k")
+            c.max_new = tr.add(gr.Slider(8, 2048, value=256, step=8, label=t("chat.max_new", lang)),
+                               "chat.max_new")
+            c.repetition = tr.add(gr.Slider(1.0, 2.0, value=1.0, step=0.05, label=t("chat.repetition", lang)),
+                                  "chat.repetition")
+
+
+def _layout_conversation(c, tr: Translator, lang: str) -> None:
     with gr.Row(equal_height=True):
         with gr.Column():
-            bot_a = tr.add(gr.Chatbot(label=t("chat.column_a", lang), height=380, elem_id="chat-a"), "chat.column_a")
-            stats_a = gr.Markdown(elem_id="chat-stats-a")
-        with gr.Column(visible=False) as col_b:
-            bot_b = tr.add(gr.Chatbot(label=t("chat.column_b", lang), height=380, elem_id="chat-b"), "chat.column_b")
-            stats_b = gr.Markdown(elem_id="chat-stats-b")
+            c.bot_a = tr.add(gr.Chatbot(label=t("chat.column_a", lang), height=380, elem_id="chat-a"),
+                             "chat.column_a")
+            c.stats_a = gr.Markdown(elem_id="chat-stats-a")
+        with gr.Column(visible=False) as c.col_b:
+            c.bot_b = tr.add(gr.Chatbot(label=t("chat.column_b", lang), height=380, elem_id="chat-b"),
+                             "chat.column_b")
+            c.stats_b = gr.Markdown(elem_id="chat-stats-b")
     with gr.Row():
-        prompt = tr.add(gr.Textbox(label=t("chat.prompt", lang), scale=5, max_lines=6, elem_id="chat-prompt"),
-                        "chat.prompt")
-        send = tr.add(gr.Button(t("chat.send", lang), variant="primary", scale=1, elem_id="chat-send"),
-                      "chat.send", "value")
-        stop = tr.add(gr.Button(t("chat.stop", lang), variant="stop", scale=1, elem_id="chat-stop"), "chat.stop",
-                      "value")
-        clear = tr.add(gr.Button(t("chat.clear", lang), scale=1, elem_id="chat-clear"), "chat.clear", "value")
-    status = gr.Markdown(elem_id="chat-status")
+        c.prompt = tr.add(gr.Textbox(label=t("chat.prompt", lang), scale=5, max_lines=6, elem_id="chat-prompt"),
+                          "chat.prompt")
+        c.send = tr.add(gr.Button(t("chat.send", lang), variant="primary", scale=1, elem_id="chat-send"),
+                        "chat.send", "value")
+        c.stop = tr.add(gr.Button(t("chat.stop", lang), variant="stop", scale=1, elem_id="chat-stop"),
+                        "chat.stop", "value")
+        c.clear = tr.add(gr.Button(t("chat.clear", lang), scale=1, elem_id="chat-clear"), "chat.clear", "value")
+    c.status = gr.Markdown(elem_id="chat-status")
 
-    side.change(lambda on: (gr.update(visible=on), gr.update(visible=on)), side, [adapter_b, col_b])
 
-    def on_adapter(adapter_id):
-        return gr.update(value=base_of(adapter_id)) if adapter_id else gr.skip()
+def on_adapter(adapter_id):
+    return gr.update(value=base_of(adapter_id)) if adapter_id else gr.skip()
 
-    adapter_a.input(on_adapter, adapter_a, base)
 
-    def on_base(base_name, adapter_id):
-        """A base the picked adapter was not trained on would not take it: chat with the base alone."""
-        if adapter_id and base_of(adapter_id) != base_name:
-            return gr.update(value=NO_ADAPTER)
-        return gr.skip()
+def on_base(base_name, adapter_id):
+    """A base the picked adapter was not trained on would not take it: chat with the base alone."""
+    if adapter_id and base_of(adapter_id) != base_name:
+        return gr.update(value=NO_ADAPTER)
+    return gr.skip()
 
-    base.input(on_base, [base, adapter_a], adapter_a)
 
-    def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, n, rep, lang,
-                request: gr.Request):
-        if not text.strip():
-            yield hist_a, hist_b, gr.skip(), gr.skip(), "", gr.skip()
-            return
-        stop_event = _stops.setdefault(request.session_hash, threading.Event())
-        stop_event.clear()
-        opts = GenerationOptions(max_new_tokens=int(n), temperature=float(temp), top_p=float(p), top_k=int(k),
-                                 repetition_penalty=float(rep))
-        columns = [(hist_a, a)] + ([(hist_b, b)] if two else [])
-        stats = ["", ""]
-        histories = [list(h or []) + [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
-                     for h, _ in columns]
-        yield _out(histories, hist_b, two, stats, "", prompt="")
-        try:
-            for i, (_, adapter_id) in enumerate(columns):
-                history = histories[i]
-                messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt.strip() else []) + \
-                    [{"role": m["role"], "content": m["content"]} for m in history[:-1]]
-                path = library.adapter_dir(adapter_id) if adapter_id else None
-                for update in SERVICE.stream(base_name, path, messages, opts, stop_event):
-                    history[-1]["content"] = update["text"]
-                    stats[i] = t("chat.stats", lang, ttft=update["ttft_s"], rate=update["tokens_per_s"],
-                                 n=update["tokens"])
-                    yield _out(histories, hist_b, two, stats, "")
-        except WorkbenchError as e:       # drop the unanswered turn; the question stays in the box to retry
-            for history in histories:
-                if not history[-1]["content"]:
-                    del history[-2:]
-            yield (*_out(histories, hist_b, two, stats, t("error", lang, error=str(e)))[:-1], text)
-            return
-        finally:
-            _stops.pop(request.session_hash, None)      # one entry per reply underway, not per visitor ever
-        yield _out(histories, hist_b, two, stats, "")
+def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, n, rep, lang, request: gr.Request):
+    """Stream the answer of column A, then of column B; Stop ends the one underway."""
+    if not text.strip():
+        yield hist_a, hist_b, gr.skip(), gr.skip(), "", gr.skip()
+        return
+    stop_event = _stops.setdefault(request.session_hash, threading.Event())
+    stop_event.clear()
+    opts = GenerationOptions(max_new_tokens=int(n), temperature=float(temp), top_p=float(p), top_k=int(k),
+                             repetition_penalty=float(rep))
+    columns = [(hist_a, a)] + ([(hist_b, b)] if two else [])
+    stats = ["", ""]
+    histories = [list(h or []) + [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+                 for h, _ in columns]
+    yield _out(histories, hist_b, two, stats, "", prompt="")
+    try:
+        for i, (_, adapter_id) in enumerate(columns):
+            history = histories[i]
+            messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt.strip() else []) + \
+                [{"role": m["role"], "content": m["content"]} for m in history[:-1]]
+            path = library.adapter_dir(adapter_id) if adapter_id else None
+            for update in SERVICE.stream(base_name, path, messages, opts, stop_event):
+                history[-1]["content"] = update["text"]
+                stats[i] = t("chat.stats", lang, ttft=update["ttft_s"], rate=update["tokens_per_s"],
+                             n=update["tokens"])
+                yield _out(histories, hist_b, two, stats, "")
+    except WorkbenchError as e:       # drop the unanswered turn; the question stays in the box to retry
+        for history in histories:
+            if not history[-1]["content"]:
+                del history[-2:]
+        yield (*_out(histories, hist_b, two, stats, t("error", lang, error=str(e)))[:-1], text)
+        return
+    finally:
+        _stops.pop(request.session_hash, None)      # one entry per reply underway, not per visitor ever
+    yield _out(histories, hist_b, two, stats, "")
 
-    inputs = [prompt, bot_a, bot_b, base, adapter_a, adapter_b, side, system, temperature, top_p, top_k, max_new,
-              repetition, lang_state]
-    outputs = [bot_a, bot_b, stats_a, stats_b, status, prompt]
-    events = [send.click(respond, inputs, outputs), prompt.submit(respond, inputs, outputs)]
 
-    def on_stop(request: gr.Request):
-        if request.session_hash in _stops:
-            _stops[request.session_hash].set()
-
-    stop.click(on_stop, None, None, cancels=events)
-    clear.click(lambda: ([], [], "", ""), None, [bot_a, bot_b, stats_a, stats_b])
-
-    def refresh_choices(lang, current):
-        return gr.update(choices=adapter_choices(lang))
-
-    adapter_a.focus(refresh_choices, [lang_state, adapter_a], adapter_a)
-    adapter_b.focus(refresh_choices, [lang_state, adapter_b], adapter_b)
-    base.focus(lambda: gr.update(choices=base_choices()), None, base)
-    on_load = (lambda lang: picks_for(None, lang), lang_state, [base, adapter_a])
-    return base, adapter_a, on_load
+def on_stop(request: gr.Request):
+    if request.session_hash in _stops:
+        _stops[request.session_hash].set()
 
 
 def _out(histories, hist_b, two, stats, status, prompt=None):

@@ -3,6 +3,7 @@ the model will see them (trained tokens marked) and their token lengths; save to
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -67,156 +68,178 @@ def histogram(stats, lang: str) -> go.Figure:
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+    c = SimpleNamespace()
+    _layout_sources(c, tr, lang)
+    _layout_options(c, tr, lang)
+    _layout_report(c, tr, lang)
+    _layout_library(c, tr, lang)
+    inputs = [c.upload, c.fmt, c.model, c.max_len, c.train_on, c.n_samples, lang_state, *c.slots]
+    outputs = [c.detected, c.problems, c.sample_view, c.hist, c.lengths, *c.slots]
+    c.upload.change(check, inputs, outputs)
+    for comp in (c.fmt, c.model, c.max_len, c.train_on, c.n_samples, *c.slots):
+        comp.input(check, inputs, outputs)
+    c.upload.upload(on_upload_name, c.upload, c.name)
+    lib_outputs = [c.message, c.lib, c.lib_pick]
+    c.save.click(do_save, [c.upload, c.name, c.fmt, c.model, lang_state, *c.slots], lib_outputs)
+    c.rename.click(do_rename, [c.lib_pick, c.new_name, lang_state], lib_outputs)
+    c.delete.click(do_delete, [c.lib_pick, c.confirm, lang_state], lib_outputs + [c.confirm])
+    c.hub_go.click(do_hub, [c.hub_id, c.hub_subset, c.hub_split, lang_state], lib_outputs)
+    c.lf_go.click(do_lf, [c.lf_folder, lang_state], lib_outputs)
+    return c.lib_pick, c.use, c.lib
+
+
+def _layout_sources(c, tr: Translator, lang: str) -> None:
+    """Upload on the left; the Hub and a LLaMA-Factory folder, folded, on the right."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            upload = tr.add(gr.File(file_count="multiple", label=t("data.upload", lang), elem_id="data-upload",
-                                    file_types=[".json", ".jsonl", ".csv", ".parquet", ".txt"], height=140),
-                            "data.upload")
+            c.upload = tr.add(gr.File(file_count="multiple", label=t("data.upload", lang), elem_id="data-upload",
+                                      file_types=[".json", ".jsonl", ".csv", ".parquet", ".txt"], height=140),
+                              "data.upload")
         with gr.Column(scale=2):
             with tr.add(gr.Accordion(t("data.hub", lang), open=False), "data.hub"):
-                hub_id = tr.add(gr.Textbox(label=t("data.hub_id", lang), max_lines=1), "data.hub_id")
+                c.hub_id = tr.add(gr.Textbox(label=t("data.hub_id", lang), max_lines=1), "data.hub_id")
                 with gr.Row():
-                    hub_subset = tr.add(gr.Textbox(label=t("data.hub_subset", lang), max_lines=1), "data.hub_subset")
-                    hub_split = tr.add(gr.Textbox(value="train", label=t("data.hub_split", lang), max_lines=1),
-                                       "data.hub_split")
-                hub_go = tr.add(gr.Button(t("data.hub_go", lang)), "data.hub_go", "value")
+                    c.hub_subset = tr.add(gr.Textbox(label=t("data.hub_subset", lang), max_lines=1),
+                                          "data.hub_subset")
+                    c.hub_split = tr.add(gr.Textbox(value="train", label=t("data.hub_split", lang), max_lines=1),
+                                         "data.hub_split")
+                c.hub_go = tr.add(gr.Button(t("data.hub_go", lang)), "data.hub_go", "value")
             with tr.add(gr.Accordion(t("data.lf", lang), open=False), "data.lf"):
-                lf_folder = tr.add(gr.Textbox(label=t("data.lf_folder", lang), max_lines=1), "data.lf_folder")
-                lf_go = tr.add(gr.Button(t("data.lf_go", lang)), "data.lf_go", "value")
+                c.lf_folder = tr.add(gr.Textbox(label=t("data.lf_folder", lang), max_lines=1), "data.lf_folder")
+                c.lf_go = tr.add(gr.Button(t("data.lf_go", lang)), "data.lf_go", "value")
+
+
+def _layout_options(c, tr: Translator, lang: str) -> None:
+    """How the files are read and shown: format, tokenizer, length, what is trained, column mapping."""
     with gr.Row():
-        fmt = tr.add(gr.Dropdown(choices=["auto", *FORMATS], value="auto", label=t("data.format", lang),
-                                 info=t("data.format_hint", lang), elem_id="data-format"), "data.format", "labelinfo")
-        model = tr.add(gr.Dropdown(choices=[EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
-                                   label=t("data.model", lang), info=t("data.model_hint", lang)), "data.model",
+        c.fmt = tr.add(gr.Dropdown(choices=["auto", *FORMATS], value="auto", label=t("data.format", lang),
+                                   info=t("data.format_hint", lang), elem_id="data-format"), "data.format",
                        "labelinfo")
+        c.model = tr.add(gr.Dropdown(choices=[EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
+                                     label=t("data.model", lang), info=t("data.model_hint", lang)), "data.model",
+                         "labelinfo")
         length, train_on = field_meta("data.max_seq_len"), field_meta("data.train_on")
         defaults = DataOptions()
-        max_len = tr.add(gr.Number(value=defaults.max_seq_len, minimum=length["min"], maximum=length["max"],
-                                   precision=0, label=t("data.max_len", lang)), "data.max_len")
-        train_on = tr.add(gr.Dropdown(choices=train_on["choices"], value=defaults.train_on,
-                                      label=t("data.train_on", lang)), "data.train_on")
-        n_samples = tr.add(gr.Slider(1, 20, value=3, step=1, label=t("data.n_samples", lang)), "data.n_samples")
+        c.max_len = tr.add(gr.Number(value=defaults.max_seq_len, minimum=length["min"], maximum=length["max"],
+                                     precision=0, label=t("data.max_len", lang)), "data.max_len")
+        c.train_on = tr.add(gr.Dropdown(choices=train_on["choices"], value=defaults.train_on,
+                                        label=t("data.train_on", lang)), "data.train_on")
+        c.n_samples = tr.add(gr.Slider(1, 20, value=3, step=1, label=t("data.n_samples", lang)), "data.n_samples")
     with tr.add(gr.Accordion(t("data.mapping", lang), open=False, elem_id="data-mapping"), "data.mapping"):
         with gr.Row():
-            slots = [gr.Dropdown(choices=[], allow_custom_value=True, visible=False, elem_id=f"map-{i}")
-                     for i in range(SLOTS)]
-    detected = gr.Markdown(elem_id="data-detected")
-    problems = tr.add(gr.Dataframe(value=problem_frame([], lang), interactive=False, label=t("data.problems", lang),
-                                   elem_id="data-problems", wrap=True, max_height=260, visible=False),
-                      "data.problems")
+            c.slots = [gr.Dropdown(choices=[], allow_custom_value=True, visible=False, elem_id=f"map-{i}")
+                       for i in range(SLOTS)]
+
+
+def _layout_report(c, tr: Translator, lang: str) -> None:
+    c.detected = gr.Markdown(elem_id="data-detected")
+    c.problems = tr.add(gr.Dataframe(value=problem_frame([], lang), interactive=False,
+                                     label=t("data.problems", lang), elem_id="data-problems", wrap=True,
+                                     max_height=260, visible=False), "data.problems")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            sample_view = gr.HTML(elem_id="data-preview")
+            c.sample_view = gr.HTML(elem_id="data-preview")
         with gr.Column(scale=2):
-            hist = gr.Plot(show_label=False, elem_id="data-hist")
-            lengths = gr.Markdown(elem_id="data-lengths")
+            c.hist = gr.Plot(show_label=False, elem_id="data-hist")
+            c.lengths = gr.Markdown(elem_id="data-lengths")
     with gr.Row():
-        name = tr.add(gr.Textbox(label=t("data.name", lang), max_lines=1, scale=3, elem_id="data-name"), "data.name")
-        save = tr.add(gr.Button(t("data.save", lang), variant="primary", scale=1, elem_id="data-save"), "data.save",
-                      "value")
-    message = gr.Markdown(elem_id="data-message")
+        c.name = tr.add(gr.Textbox(label=t("data.name", lang), max_lines=1, scale=3, elem_id="data-name"),
+                        "data.name")
+        c.save = tr.add(gr.Button(t("data.save", lang), variant="primary", scale=1, elem_id="data-save"),
+                        "data.save", "value")
+    c.message = gr.Markdown(elem_id="data-message")
+
+
+def _layout_library(c, tr: Translator, lang: str) -> None:
     with tr.add(gr.Accordion(t("data.library", lang), open=True), "data.library"):
-        lib = gr.Dataframe(value=library_table(lang), interactive=False, elem_id="data-library", show_label=False)
+        c.lib = gr.Dataframe(value=library_table(lang), interactive=False, elem_id="data-library", show_label=False)
         with gr.Row():
-            lib_pick = tr.add(gr.Dropdown(choices=[d.name for d in dl.list_datasets()], value=None,
-                                          label=t("data.pick", lang), scale=2, elem_id="data-pick"), "data.pick")
-            new_name = tr.add(gr.Textbox(label=t("data.new_name", lang), max_lines=1, scale=2,
-                                         elem_id="data-new-name"), "data.new_name")
-            rename = tr.add(gr.Button(t("data.rename", lang), scale=1, elem_id="data-rename"), "data.rename", "value")
-            confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1, elem_id="data-confirm"),
-                             "lib.confirm")
-            delete = tr.add(gr.Button(t("data.delete", lang), variant="stop", scale=1, elem_id="data-delete"),
-                            "data.delete", "value")
-            use = tr.add(gr.Button(t("data.use", lang), scale=1, elem_id="data-use"), "data.use", "value")
+            c.lib_pick = tr.add(gr.Dropdown(choices=[d.name for d in dl.list_datasets()], value=None,
+                                            label=t("data.pick", lang), scale=2, elem_id="data-pick"), "data.pick")
+            c.new_name = tr.add(gr.Textbox(label=t("data.new_name", lang), max_lines=1, scale=2,
+                                           elem_id="data-new-name"), "data.new_name")
+            c.rename = tr.add(gr.Button(t("data.rename", lang), scale=1, elem_id="data-rename"), "data.rename",
+                              "value")
+            c.confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1, elem_id="data-confirm"),
+                               "lib.confirm")
+            c.delete = tr.add(gr.Button(t("data.delete", lang), variant="stop", scale=1, elem_id="data-delete"),
+                              "data.delete", "value")
+            c.use = tr.add(gr.Button(t("data.use", lang), scale=1, elem_id="data-use"), "data.use", "value")
 
-    def check(files, fmt_value, model_name, n_max, on, n, lang, *slot_values):
-        if not files:
-            return ["", gr.update(value=problem_frame([], lang), visible=False), "", None, ""] + \
-                [gr.update(visible=False)] * SLOTS
-        paths = [Path(f) for f in files]
-        checks = check_files(paths, fmt_value, mapping_from(fmt_value, list(slot_values)),
-                             names=[p.name for p in paths])
-        return _show(checks, model_name, int(n_max or 1024), on, int(n), lang, fmt_value, list(slot_values))
 
-    inputs = [upload, fmt, model, max_len, train_on, n_samples, lang_state, *slots]
-    outputs = [detected, problems, sample_view, hist, lengths, *slots]
-    upload.change(check, inputs, outputs)
-    for comp in (fmt, model, max_len, train_on, n_samples):
-        comp.input(check, inputs, outputs)
-    for slot in slots:
-        slot.input(check, inputs, outputs)
+def check(files, fmt_value, model_name, n_max, on, n, lang, *slot_values):
+    if not files:
+        return ["", gr.update(value=problem_frame([], lang), visible=False), "", None, ""] + \
+            [gr.update(visible=False)] * SLOTS
+    paths = [Path(f) for f in files]
+    checks = check_files(paths, fmt_value, mapping_from(fmt_value, list(slot_values)),
+                         names=[p.name for p in paths])
+    return _show(checks, model_name, int(n_max or 1024), on, int(n), lang, fmt_value, list(slot_values))
 
-    def on_upload_name(files):
-        """The first file's name, made into one the library accepts."""
-        if not files:
-            return gr.skip()
-        try:
-            return dl.clean_dataset_name(Path(files[0]).stem)
-        except WorkbenchError:
-            return ""
 
-    upload.upload(on_upload_name, upload, name)
+def on_upload_name(files):
+    """The first file's name, made into one the library accepts."""
+    if not files:
+        return gr.skip()
+    try:
+        return dl.clean_dataset_name(Path(files[0]).stem)
+    except WorkbenchError:
+        return ""
 
-    def do_save(files, new, fmt_value, model_name, lang, *slot_values):
-        if not files:
-            return t("data.nothing", lang), gr.skip(), gr.skip()
-        try:
-            tok = tokenizer_for(model_name)
-            info = dl.save_dataset(new, files, names=[Path(f).name for f in files], format=fmt_value,
-                                   columns=mapping_from(fmt_value, list(slot_values)), tokenizer=tok)
-        except WorkbenchError as e:
-            return t("error", lang, error=str(e)), gr.skip(), gr.skip()
-        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
-    save.click(do_save, [upload, name, fmt, model, lang_state, *slots], [message, lib, lib_pick])
+def do_save(files, new, fmt_value, model_name, lang, *slot_values):
+    if not files:
+        return t("data.nothing", lang), gr.skip(), gr.skip()
+    try:
+        tok = tokenizer_for(model_name)
+        info = dl.save_dataset(new, files, names=[Path(f).name for f in files], format=fmt_value,
+                               columns=mapping_from(fmt_value, list(slot_values)), tokenizer=tok)
+    except WorkbenchError as e:
+        return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+    return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
-    def do_rename(pick, text, lang):
-        if not pick:
-            return (t("data.pick_first", lang), *listing(lang))
-        try:
-            info = dl.rename_dataset(pick, text)
-        except WorkbenchError as e:
-            return (t("error", lang, error=str(e)), *listing(lang))
-        return (t("data.renamed", lang, name=info.name), *listing(lang, info.name))
 
-    def do_delete(pick, sure, lang):
-        """The box is cleared and nothing is picked afterwards: a second click deletes nothing else."""
-        if not pick or not sure:
-            return (t("lib.confirm_first" if pick else "data.pick_first", lang), *listing(lang), gr.skip())
-        try:
-            dl.delete_dataset(pick)
-        except WorkbenchError as e:
-            return (t("error", lang, error=str(e)), *listing(lang), False)
-        return (t("data.deleted", lang, name=pick), *listing(lang, None), False)
+def do_rename(pick, text, lang):
+    if not pick:
+        return (t("data.pick_first", lang), *listing(lang))
+    try:
+        info = dl.rename_dataset(pick, text)
+    except WorkbenchError as e:
+        return (t("error", lang, error=str(e)), *listing(lang))
+    return (t("data.renamed", lang, name=info.name), *listing(lang, info.name))
 
-    lib_outputs = [message, lib, lib_pick]
-    rename.click(do_rename, [lib_pick, new_name, lang_state], lib_outputs)
-    delete.click(do_delete, [lib_pick, confirm, lang_state], lib_outputs + [confirm])
 
-    def do_hub(repo, subset, split, lang):
-        repo = repo.strip()
-        try:
-            if not repo:
-                raise WorkbenchError("enter the id of a Hugging Face Hub dataset, e.g. tatsu-lab/alpaca", field="hub")
-            info = dl.import_hub_dataset(dl.clean_dataset_name(repo.replace("/", "-")), repo,
-                                         subset.strip() or None, split.strip() or "train")
-        except WorkbenchError as e:
-            return t("error", lang, error=str(e)), gr.skip(), gr.skip()
-        return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
+def do_delete(pick, sure, lang):
+    """The box is cleared and nothing is picked afterwards: a second click deletes nothing else."""
+    if not pick or not sure:
+        return (t("lib.confirm_first" if pick else "data.pick_first", lang), *listing(lang), gr.skip())
+    try:
+        dl.delete_dataset(pick)
+    except WorkbenchError as e:
+        return (t("error", lang, error=str(e)), *listing(lang), False)
+    return (t("data.deleted", lang, name=pick), *listing(lang, None), False)
 
-    hub_go.click(do_hub, [hub_id, hub_subset, hub_split, lang_state], lib_outputs)
 
-    def do_lf(folder, lang):
-        try:
-            results = import_llamafactory(folder.strip())
-        except WorkbenchError as e:
-            return t("error", lang, error=str(e)), gr.skip(), gr.skip()
-        lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {r.error['message']}"
-                 for r in results]
-        return ("\n".join(lines), *listing(lang))
+def do_hub(repo, subset, split, lang):
+    repo = repo.strip()
+    try:
+        if not repo:
+            raise WorkbenchError("enter the id of a Hugging Face Hub dataset, e.g. tatsu-lab/alpaca", field="hub")
+        info = dl.import_hub_dataset(dl.clean_dataset_name(repo.replace("/", "-")), repo,
+                                     subset.strip() or None, split.strip() or "train")
+    except WorkbenchError as e:
+        return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+    return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
-    lf_go.click(do_lf, [lf_folder, lang_state], lib_outputs)
-    return lib_pick, use, lib
+
+def do_lf(folder, lang):
+    try:
+        results = import_llamafactory(folder.strip())
+    except WorkbenchError as e:
+        return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+    lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {r.error['message']}"
+             for r in results]
+    return ("\n".join(lines), *listing(lang))
 
 
 def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values):

@@ -103,6 +103,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.folder_missing_note": ("This run's folder {path} was deleted; its log, charts and adapter are gone. "
                                  "Remove it from the list.",
                                  "此运行的文件夹 {path} 已被删除；日志、曲线和适配器都已不在。请将其从列表移除。"),
+    "runs.stop_asked": ("Asked {id} to stop: it ends after its current step, with a checkpoint to resume from.",
+                        "已请求 {id} 停止：它会在当前步结束后停止，并保存可继续的检查点。"),
+    "runs.left_queue": ("{id} left the queue.", "{id} 已移出队列。"),
     "runs.chat": ("Chat with it", "与它对话"),
     "runs.nothing_to_chat": ("{id} left no adapter to chat with (it is {state}); a run that completes puts its "
                              "adapter in the Library.",

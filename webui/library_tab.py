@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -49,166 +50,194 @@ def memory_text(detail, lang: str) -> str:
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+    c = SimpleNamespace()
+    _layout_listing(c, tr, lang)
+    _layout_manage(c, tr, lang)
+    _layout_import(c, tr, lang)
+    _layout_merge(c, tr, lang)
+    _layout_mix(c, tr, lang)
+    listing = [c.table, c.pick, c.mix_pick, c.base_filter]
+    tail = [c.base_filter, c.pick, lang_state]          # what every action reads to redraw the listing
+    out = [c.message] + listing
+    c.refresh.click(refresh_all, tail, listing)
+    c.base_filter.input(refresh_all, tail, listing)
+    c.pick.change(show, [c.pick, lang_state], [c.curve, c.memory, c.config, c.zip_button])
+    c.rename_btn.click(guarded(do_rename), [c.pick, c.new_name] + tail, out)
+    c.delete_btn.click(on_delete, [c.pick, c.confirm] + tail, out + [c.confirm])
+    c.import_btn.click(guarded(do_import), [c.upload, c.folder, c.import_base, c.import_name] + tail, out)
+    c.mix_btn.click(guarded(do_mix), [c.mix_pick, c.weights, c.combination, c.density, c.mix_name] + tail, out)
+    c.combination.change(lambda v: gr.update(info=COMBINATION_HELP.get(v, "")), c.combination, c.combination)
+    c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype, lang_state], c.message)
+    c.zip_prepare.click(do_zip, [c.pick, lang_state], [c.zip_button, c.message])
+    return c.pick, c.to_chat, listing, refresh_all, c.base_filter
+
+
+def _layout_listing(c, tr: Translator, lang: str) -> None:
     with gr.Row():
-        base_filter = tr.add(gr.Dropdown(choices=base_choices(lang), value=ALL, label=t("lib.filter", lang),
-                                         scale=3, elem_id="lib-filter"), "lib.filter")
-        refresh = tr.add(gr.Button(t("lib.refresh", lang), scale=1, size="sm", elem_id="lib-refresh"), "lib.refresh",
-                         "value")
-    lib_table = tr.add(gr.Dataframe(value=table(ALL, lang), interactive=False, label=t("lib.list", lang),
-                                    elem_id="lib-table", wrap=True), "lib.list")
+        c.base_filter = tr.add(gr.Dropdown(choices=base_choices(lang), value=ALL, label=t("lib.filter", lang),
+                                           scale=3, elem_id="lib-filter"), "lib.filter")
+        c.refresh = tr.add(gr.Button(t("lib.refresh", lang), scale=1, size="sm", elem_id="lib-refresh"),
+                           "lib.refresh", "value")
+    c.table = tr.add(gr.Dataframe(value=table(ALL, lang), interactive=False, label=t("lib.list", lang),
+                                  elem_id="lib-table", wrap=True), "lib.list")
     with gr.Row():
-        pick = tr.add(gr.Dropdown(choices=choices(), label=t("lib.pick", lang), scale=3, elem_id="lib-pick"),
-                      "lib.pick")
-        to_chat = tr.add(gr.Button(t("lib.chat", lang), variant="primary", scale=1, elem_id="lib-chat"), "lib.chat",
-                         "value")
-        zip_prepare = tr.add(gr.Button(t("lib.zip", lang), scale=1, elem_id="lib-zip"), "lib.zip", "value")
-        zip_button = tr.add(gr.DownloadButton(t("lib.zip_ready", lang), scale=1, visible=False,
-                                              elem_id="lib-zip-download"), "lib.zip_ready")
-    message = gr.Markdown(elem_id="lib-message")
+        c.pick = tr.add(gr.Dropdown(choices=choices(), label=t("lib.pick", lang), scale=3, elem_id="lib-pick"),
+                        "lib.pick")
+        c.to_chat = tr.add(gr.Button(t("lib.chat", lang), variant="primary", scale=1, elem_id="lib-chat"),
+                           "lib.chat", "value")
+        c.zip_prepare = tr.add(gr.Button(t("lib.zip", lang), scale=1, elem_id="lib-zip"), "lib.zip", "value")
+        c.zip_button = tr.add(gr.DownloadButton(t("lib.zip_ready", lang), scale=1, visible=False,
+                                                elem_id="lib-zip-download"), "lib.zip_ready")
+    c.message = gr.Markdown(elem_id="lib-message")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            curve = gr.Plot(show_label=False, elem_id="lib-curve")
+            c.curve = gr.Plot(show_label=False, elem_id="lib-curve")
         with gr.Column(scale=2):
-            memory = gr.Markdown(elem_id="lib-memory")
-            config = tr.add(gr.Code(language="json", label=t("lib.config", lang), max_lines=18), "lib.config")
+            c.memory = gr.Markdown(elem_id="lib-memory")
+            c.config = tr.add(gr.Code(language="json", label=t("lib.config", lang), max_lines=18), "lib.config")
+
+
+def _layout_manage(c, tr: Translator, lang: str) -> None:
     with tr.add(gr.Accordion(t("lib.manage", lang), open=False, elem_id="lib-manage"), "lib.manage"):
         with gr.Row():
-            new_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=3, elem_id="lib-new-name"),
-                              "lib.new_name")
-            rename_btn = tr.add(gr.Button(t("lib.rename", lang), scale=1), "lib.rename", "value")
-            confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1, elem_id="lib-confirm"), "lib.confirm")
-            delete_btn = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1, elem_id="lib-delete"),
-                                "lib.delete", "value")
+            c.new_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=3,
+                                           elem_id="lib-new-name"), "lib.new_name")
+            c.rename_btn = tr.add(gr.Button(t("lib.rename", lang), scale=1), "lib.rename", "value")
+            c.confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1, elem_id="lib-confirm"),
+                               "lib.confirm")
+            c.delete_btn = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1, elem_id="lib-delete"),
+                                  "lib.delete", "value")
+
+
+def _layout_import(c, tr: Translator, lang: str) -> None:
     with tr.add(gr.Accordion(t("lib.import", lang), open=False, elem_id="lib-import"), "lib.import"):
         with gr.Row():
-            upload = tr.add(gr.File(label=t("lib.import_zip", lang), file_types=[".zip"], scale=2), "lib.import_zip")
+            c.upload = tr.add(gr.File(label=t("lib.import_zip", lang), file_types=[".zip"], scale=2),
+                              "lib.import_zip")
             with gr.Column(scale=2):
-                folder = tr.add(gr.Textbox(label=t("lib.import_folder", lang), max_lines=1, elem_id="lib-import-folder"),
-                                "lib.import_folder")
-                import_base = tr.add(gr.Textbox(label=t("lib.import_base", lang), max_lines=1), "lib.import_base")
-                import_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, elem_id="lib-import-name"),
-                                     "lib.new_name")
-                import_btn = tr.add(gr.Button(t("lib.import_go", lang), elem_id="lib-import-go"), "lib.import_go",
-                                    "value")
+                c.folder = tr.add(gr.Textbox(label=t("lib.import_folder", lang), max_lines=1,
+                                             elem_id="lib-import-folder"), "lib.import_folder")
+                c.import_base = tr.add(gr.Textbox(label=t("lib.import_base", lang), max_lines=1), "lib.import_base")
+                c.import_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1,
+                                                  elem_id="lib-import-name"), "lib.new_name")
+                c.import_btn = tr.add(gr.Button(t("lib.import_go", lang), elem_id="lib-import-go"), "lib.import_go",
+                                      "value")
+
+
+def _layout_merge(c, tr: Translator, lang: str) -> None:
     with tr.add(gr.Accordion(t("lib.merge", lang), open=False, elem_id="lib-merge"), "lib.merge"):
         with gr.Row():
-            merge_name = tr.add(gr.Textbox(label=t("lib.export_name", lang), max_lines=1, scale=2,
-                                           elem_id="lib-merge-name"), "lib.export_name")
-            merge_dtype = tr.add(gr.Dropdown(choices=list(DTYPES), value="auto", label=t("lib.dtype", lang), scale=1),
-                                 "lib.dtype")
-            merge_btn = tr.add(gr.Button(t("lib.merge_go", lang), scale=1, elem_id="lib-merge-go"), "lib.merge_go",
-                               "value")
+            c.merge_name = tr.add(gr.Textbox(label=t("lib.export_name", lang), max_lines=1, scale=2,
+                                             elem_id="lib-merge-name"), "lib.export_name")
+            c.merge_dtype = tr.add(gr.Dropdown(choices=list(DTYPES), value="auto", label=t("lib.dtype", lang),
+                                               scale=1), "lib.dtype")
+            c.merge_btn = tr.add(gr.Button(t("lib.merge_go", lang), scale=1, elem_id="lib-merge-go"),
+                                 "lib.merge_go", "value")
+
+
+def _layout_mix(c, tr: Translator, lang: str) -> None:
     with tr.add(gr.Accordion(t("lib.mix", lang), open=False), "lib.mix"):
         with gr.Row():
-            mix_pick = tr.add(gr.Dropdown(choices=choices(), multiselect=True, label=t("lib.mix_pick", lang), scale=3),
-                              "lib.mix_pick")
-            weights = tr.add(gr.Textbox(label=t("lib.weights", lang), info=t("lib.weights_hint", lang), max_lines=1,
-                                        scale=2), "lib.weights", "labelinfo")
+            c.mix_pick = tr.add(gr.Dropdown(choices=choices(), multiselect=True, label=t("lib.mix_pick", lang),
+                                            scale=3), "lib.mix_pick")
+            c.weights = tr.add(gr.Textbox(label=t("lib.weights", lang), info=t("lib.weights_hint", lang),
+                                          max_lines=1, scale=2), "lib.weights", "labelinfo")
         with gr.Row():
-            combination = gr.Dropdown(choices=list(COMBINATIONS), value="linear", label="combination",
-                                      info=COMBINATION_HELP.get("linear", ""), scale=2)
-            density = tr.add(gr.Slider(0.05, 1.0, value=0.5, step=0.05, label=t("lib.density", lang), scale=1),
-                             "lib.density")
-            mix_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=2), "lib.new_name")
-            mix_btn = tr.add(gr.Button(t("lib.mix_go", lang), scale=1), "lib.mix_go", "value")
+            c.combination = gr.Dropdown(choices=list(COMBINATIONS), value="linear", label="combination",
+                                        info=COMBINATION_HELP.get("linear", ""), scale=2)
+            c.density = tr.add(gr.Slider(0.05, 1.0, value=0.5, step=0.05, label=t("lib.density", lang), scale=1),
+                               "lib.density")
+            c.mix_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=2), "lib.new_name")
+            c.mix_btn = tr.add(gr.Button(t("lib.mix_go", lang), scale=1), "lib.mix_go", "value")
 
-    def refresh_all(base, selected, lang, first_if_gone=True):
-        opts = choices(base)
-        ids = [v for _, v in opts]
-        selected = selected if selected in ids else (ids[0] if ids and first_if_gone else None)
-        return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
-                gr.update(choices=base_choices(lang)))
 
-    listing = [lib_table, pick, mix_pick, base_filter]
-    refresh.click(refresh_all, [base_filter, pick, lang_state], listing)
-    base_filter.input(refresh_all, [base_filter, pick, lang_state], listing)
+def refresh_all(base, selected, lang, first_if_gone=True):
+    """The table, the pick (kept if still listed), the mix choices and the base filter, redrawn."""
+    opts = choices(base)
+    ids = [v for _, v in opts]
+    selected = selected if selected in ids else (ids[0] if ids and first_if_gone else None)
+    return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
+            gr.update(choices=base_choices(lang)))
 
-    def show(ref, lang):
-        hidden = gr.update(value=None, visible=False)
-        if not ref:
-            return None, "", "", hidden
+
+def show(ref, lang):
+    hidden = gr.update(value=None, visible=False)
+    if not ref:
+        return None, "", "", hidden
+    try:
+        d = library.detail(ref)
+    except WorkbenchError as e:
+        return None, t("error", lang, error=str(e)), "", hidden
+    cfg = d.run_config or d.adapter_config
+    return (run_figure(d.metrics, lang) if d.metrics else None, memory_text(d, lang),
+            json.dumps(cfg, indent=2, ensure_ascii=False, default=str), hidden)
+
+
+def guarded(fn):
+    """An action's message, or its error in words, and the listing redrawn after it."""
+    def handler(*args):
+        *rest, base, selected, lang = args
         try:
-            d = library.detail(ref)
+            text = fn(*rest, lang)
         except WorkbenchError as e:
-            return None, t("error", lang, error=str(e)), "", hidden
-        cfg = d.run_config or d.adapter_config
-        return (run_figure(d.metrics, lang) if d.metrics else None, memory_text(d, lang),
-                json.dumps(cfg, indent=2, ensure_ascii=False, default=str), hidden)
+            return (t("error", lang, error=str(e)),) + refresh_all(base, selected, lang)
+        return (text,) + refresh_all(base, selected, lang)
+    return handler
 
-    pick.change(show, [pick, lang_state], [curve, memory, config, zip_button])
 
-    def guarded(fn):
-        def handler(*args):
-            *rest, base, selected, lang = args
-            try:
-                text = fn(*rest, lang)
-            except WorkbenchError as e:
-                return (t("error", lang, error=str(e)),) + refresh_all(base, selected, lang)
-            return (text,) + refresh_all(base, selected, lang)
-        return handler
+def do_rename(ref, name, lang):
+    return t("lib.renamed", lang, name=library.rename(ref, name).name)
 
-    tail = [base_filter, pick, lang_state]
-    out = [message] + listing
 
-    def do_rename(ref, name, lang):
-        return t("lib.renamed", lang, name=library.rename(ref, name).name)
+def on_delete(ref, sure, base, selected, lang):
+    """Nothing is picked afterwards and the box is cleared: a second click deletes nothing else."""
+    if not ref or not sure:
+        text = t("lib.confirm_first" if ref else "lib.none", lang)
+        return (text,) + refresh_all(base, selected, lang) + (gr.update(),)
+    try:
+        name = library.get(ref).name
+        library.delete(ref)
+        text = t("lib.deleted", lang, name=name)
+    except WorkbenchError as e:
+        text = t("error", lang, error=str(e))
+    return (text,) + refresh_all(base, None, lang, first_if_gone=False) + (False,)
 
-    def on_delete(ref, sure, base, selected, lang):
-        """Nothing is picked afterwards and the box is cleared: a second click deletes nothing else."""
-        if not ref or not sure:
-            text = t("lib.confirm_first" if ref else "lib.none", lang)
-            return (text,) + refresh_all(base, selected, lang) + (gr.update(),)
-        try:
-            name = library.get(ref).name
-            library.delete(ref)
-            text = t("lib.deleted", lang, name=name)
-        except WorkbenchError as e:
-            text = t("error", lang, error=str(e))
-        return (text,) + refresh_all(base, None, lang, first_if_gone=False) + (False,)
 
-    def do_import(file, path, base, name, lang):
-        source = file or path.strip()
-        if not source:
-            return t("lib.import_nothing", lang)
-        info = import_adapter(source, name=name.strip() or None, base_model=base.strip() or None)
-        return t("lib.imported", lang, name=info.name)
+def do_import(file, path, base, name, lang):
+    source = file or path.strip()
+    if not source:
+        return t("lib.import_nothing", lang)
+    info = import_adapter(source, name=name.strip() or None, base_model=base.strip() or None)
+    return t("lib.imported", lang, name=info.name)
 
-    def do_mix(ids, text, comb, dens, name, lang):
-        ids, weights = ids or [], parse_weights(text, len(ids or []))
-        dens = dens if comb in ("ties", "dare_ties") else None
-        check_arguments(ids, weights, comb, dens, None)         # refused here at once, before a child starts
-        density = ["--density", str(dens)] if dens is not None else []
-        run_core_command(["library", "mix", *ids, "--weights", *map(str, weights), "--name", name.strip(),
-                          "--combination", comb, *density])     # in a child process, as merge
-        return t("lib.mixed", lang, name=name.strip())
 
-    rename_btn.click(guarded(do_rename), [pick, new_name] + tail, out)
-    delete_btn.click(on_delete, [pick, confirm] + tail, out + [confirm])
-    import_btn.click(guarded(do_import), [upload, folder, import_base, import_name] + tail, out)
-    mix_btn.click(guarded(do_mix), [mix_pick, weights, combination, density, mix_name] + tail, out)
-    combination.change(lambda c: gr.update(info=COMBINATION_HELP.get(c, "")), combination, combination)
+def do_mix(ids, text, comb, dens, name, lang):
+    ids, weights = ids or [], parse_weights(text, len(ids or []))
+    dens = dens if comb in ("ties", "dare_ties") else None
+    check_arguments(ids, weights, comb, dens, None)         # refused here at once, before a child starts
+    density = ["--density", str(dens)] if dens is not None else []
+    run_core_command(["library", "mix", *ids, "--weights", *map(str, weights), "--name", name.strip(),
+                      "--combination", comb, *density])     # in a child process, as merge
+    return t("lib.mixed", lang, name=name.strip())
 
-    def do_merge(ref, name, dtype, lang, progress=gr.Progress()):
-        if not ref:
-            return t("lib.none", lang)
-        out = name.strip() or f"{library.get(ref).name}-merged"
-        try:     # in a child process: the full model it loads must never take the UI down
-            check_request(ref, out, dtype)          # refused at once, before a child starts
-            path = run_core_command(["merge", "--adapter", ref, "--out", out, "--dtype", dtype],
-                                    progress=lambda frac, msg: progress(frac, desc=msg))
-        except WorkbenchError as e:
-            return t("error", lang, error=str(e))
-        return t("lib.merged", lang, path=path)
 
-    merge_btn.click(do_merge, [pick, merge_name, merge_dtype, lang_state], message)
+def do_merge(ref, name, dtype, lang, progress=gr.Progress()):
+    if not ref:
+        return t("lib.none", lang)
+    out = name.strip() or f"{library.get(ref).name}-merged"
+    try:     # in a child process: the full model it loads must never take the UI down
+        check_request(ref, out, dtype)          # refused at once, before a child starts
+        path = run_core_command(["merge", "--adapter", ref, "--out", out, "--dtype", dtype],
+                                progress=lambda frac, msg: progress(frac, desc=msg))
+    except WorkbenchError as e:
+        return t("error", lang, error=str(e))
+    return t("lib.merged", lang, path=path)
 
-    def do_zip(ref, lang):
-        if not ref:
-            return gr.update(value=None, visible=False), t("lib.none", lang)
-        try:
-            return gr.update(value=str(export_zip(ref)), visible=True), ""
-        except WorkbenchError as e:
-            return gr.update(value=None, visible=False), t("error", lang, error=str(e))
 
-    zip_prepare.click(do_zip, [pick, lang_state], [zip_button, message])
-    return pick, to_chat, listing, refresh_all, base_filter
+def do_zip(ref, lang):
+    if not ref:
+        return gr.update(value=None, visible=False), t("lib.none", lang)
+    try:
+        return gr.update(value=str(export_zip(ref)), visible=True), ""
+    except WorkbenchError as e:
+        return gr.update(value=None, visible=False), t("error", lang, error=str(e))

@@ -149,9 +149,20 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             return t("runs.done", lang, what=t(f"runs.{label}", lang), id=shown)
         return handler
 
-    for key, fn in (("stop", jobs.stop), ("resume", jobs.resume),
-                    ("up", lambda i: jobs.move(i, -1)), ("down", lambda i: jobs.move(i, 1))):
+    for key, fn in (("resume", jobs.resume), ("up", lambda i: jobs.move(i, -1)), ("down", lambda i: jobs.move(i, 1))):
         buttons[key].click(act(fn, key), [run_select, lang_state], action_msg)
+
+    def stop(run_id, lang):
+        """A queued run leaves the queue at once; a running one finishes its step first."""
+        if not run_id:
+            return t("runs.no_run", lang)
+        try:
+            job = jobs.stop(run_id)
+        except WorkbenchError as e:
+            return t("error", lang, error=str(e))
+        return t("runs.left_queue" if job.state == "stopped" else "runs.stop_asked", lang, id=run_id)
+
+    buttons["stop"].click(stop, [run_select, lang_state], action_msg)
 
     def remove(run_id, delete_files, lang):
         """Says whether the folder stayed; the box is cleared so the next removal asks again."""
