@@ -15,7 +15,32 @@ def parse_args(argv=None):
     p.add_argument("--auth", default=os.environ.get("WORKBENCH_AUTH"),
                    help="require a login, as user:password (or set WORKBENCH_AUTH)")
     p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
+    p.add_argument("--allow-path", action="append", metavar="FOLDER",
+                   default=[f for f in os.environ.get("WORKBENCH_ALLOW_PATHS", "").split(os.pathsep) if f],
+                   help="served beyond this machine, visitors may name files only in the workspace and its "
+                        "uploads; this allows one more folder (repeat for several, or set WORKBENCH_ALLOW_PATHS "
+                        "to folders joined by ':')")
     return p.parse_args(argv)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def restrict_paths(args) -> list[str] | None:
+    """Served to other machines, typed paths are kept to the workspace, the shipped presets, gradio's
+    uploads and the --allow-path folders; on this machine alone they are not. Returns the folders."""
+    from gradio.utils import get_upload_folder
+
+    from core import path_policy
+    from core.presets import SHIPPED
+    from core.workspace import home
+
+    if args.host in LOOPBACK and not args.share:
+        path_policy.unrestrict()
+        return None
+    folders = [str(home()), str(SHIPPED), get_upload_folder(), *args.allow_path]
+    path_policy.restrict(folders)
+    return folders
 
 
 def main(argv=None) -> int:
@@ -29,9 +54,12 @@ def main(argv=None) -> int:
             print("error: --auth must be user:password", file=sys.stderr)
             return 2
         auth = tuple(args.auth.split(":", 1))
-    if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
+    if args.host not in LOOPBACK and auth is None:
         print(f"warning: serving on {args.host} without --auth: anyone who can reach this port can use "
               f"the workbench", file=sys.stderr)
+    folders = restrict_paths(args)
+    if folders:
+        print(f"typed paths are kept to: {', '.join(folders)}", file=sys.stderr)
     from webui.app import launch
     launch(host=args.host, port=args.port, auth=auth, share=args.share)
     return 0

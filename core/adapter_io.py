@@ -15,7 +15,7 @@ import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from core import library
+from core import library, path_policy
 from core.adapter_check import CONFIG, WEIGHTS, check_adapter, find_root
 from core.errors import ModelError
 from core.workspace import exports_dir, read_json
@@ -29,6 +29,7 @@ def import_adapter(source: str | os.PathLike, *, name: str | None = None,
                    base_model: str | None = None) -> library.AdapterInfo:
     """Check a PEFT adapter (folder or .zip) and add it to the library as adapters/<name>/."""
     source = Path(os.path.expanduser(str(source))).absolute()
+    path_policy.check(source, "source")
     if not source.exists():
         raise ModelError(f"'{source}' does not exist", field="source")
     name = library.check_name_free(name) if name else _default_name(source)

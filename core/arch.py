@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from core import path_policy
 from core.errors import ModelError
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "presets" / "models"
@@ -285,6 +286,7 @@ def load_arch(model: str, trust_remote_code: bool = False) -> Arch:
     if not name:
         raise ModelError("no model given", field="model")
     path = Path(os.path.expanduser(name))
+    path_policy.check(name, "model")
     if path.is_file() and path.suffix.lower() == ".json":
         return read_config_file(path)
     if path.is_dir():

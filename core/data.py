@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.config import DatasetSpec, RunConfig
 from core.encode import encode_sample, ensure_chat_template
+from core import path_policy
 from core.errors import DataError, WorkbenchError
 from core.formats import FORMATS, RowProblem, columns_for, detect, detect_record, format_from_mapping, normalize
 from core.formats import variant as format_variant
@@ -209,6 +210,7 @@ def report_lines(check: FileCheck, max_problems: int = 20) -> list[str]:
 def resolve_files(spec_path: str) -> list[tuple[Path, dict]]:
     """A data file, or the files of a saved dataset (with the column mapping saved beside them)."""
     p = Path(spec_path).expanduser()
+    path_policy.check(spec_path, "datasets")
     if p.is_file():
         return [(p, {})]
     if p.is_dir():

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core import db
+from core import db, path_policy
 from core.errors import ConfigError, ModelError, WorkbenchError
 from core.runfiles import RunDir
 from core.workspace import home, read_json, runs_dir
@@ -210,6 +210,7 @@ def adapter_dir(ref: str | os.PathLike) -> Path:
     """The folder of a library entry, or any adapter folder given by path (registered or not)."""
     path = Path(os.path.expanduser(str(ref)))
     if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
+        path_policy.check(path, "adapter")      # a folder, not a name: only what the server allows
         return path.absolute()
     return Path(_row(ref)["path"])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core import dataset_library as lib
 from core.data import FileCheck, check_files
+from core import path_policy
 from core.errors import DataError, WorkbenchError
 from core.formats import ROLE_TAGS
 from core.readers import EXTENSIONS
@@ -37,6 +38,7 @@ class Entry:
 def read_dataset_info(folder: str | Path) -> list[Entry]:
     """Every entry of a folder's dataset_info.json (or of that file itself), translated."""
     path = Path(folder).expanduser()
+    path_policy.check(path, "folder")
     info = path if path.is_file() else path / INFO_FILE
     if not info.is_file():
         raise DataError(f"no {INFO_FILE} here; pick the data folder of LLaMA-Factory", file=str(path))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import EMBEDDED_MODEL
+from core import path_policy
 from core.errors import ModelError
 from core.workspace import models_dir
 
@@ -39,6 +40,7 @@ def resolve(name: str, *, field: str = "model") -> ResolvedModel:
     """Find the model; convert GGUF files on first use. Raises ModelError with a plain reason."""
     name = name.strip()
     path = Path(os.path.expanduser(name))
+    path_policy.check(name, field)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file '{name}' does not exist", field=field)
@@ -116,6 +118,7 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
 def check_trainable(name: str, *, field: str = "model") -> None:
     """What `resolve` would refuse, found before a run is queued and without converting anything;
     a bare config.json serves the memory estimate but holds no weights to train."""
+    path_policy.check(name.strip(), field)
     path = Path(os.path.expanduser(name.strip()))
     if path.suffix.lower() == ".json" and path.is_file():
         raise ModelError(f"'{name}' is a configuration file: enough for the memory estimate, but training needs "

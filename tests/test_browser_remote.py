@@ -1,0 +1,32 @@
+"""The app served beyond this machine (--host 0.0.0.0): a login first, and typed paths kept to the
+workspace unless the operator allows more."""
+import pytest
+
+from browser import browser, open_tab, serve
+
+pytestmark = pytest.mark.browser
+
+
+def test_a_server_others_reach_asks_for_a_login_and_keeps_typed_paths_home(tmp_path, tiny_model):
+    workspace = tmp_path / "workspace"
+    with serve(workspace, "--host", "0.0.0.0", "--auth", "ada:s3cret") as (url, _):
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_label("username").fill("ada")
+            page.get_by_label("password").fill("wrong")
+            page.get_by_role("button", name="Login").click()
+            page.get_by_text("Incorrect Credentials").wait_for()
+            page.get_by_label("username").fill("ada")
+            page.get_by_label("password").fill("s3cret")
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("#mem-summary >> text=GiB")       # the demo's model is the workspace's own
+            open_tab(page, "Train")
+            page.locator("#field-model input").fill(str(tiny_model))
+            page.locator("#field-model input").press("Enter")
+            page.wait_for_selector("#mem-summary >> text=outside the folders this server lets its visitors name")
+            page.locator("#start").click()
+            page.wait_for_selector("#train-message >> text=outside the folders")
+            assert "--allow-path" in page.locator("#train-message").inner_text()
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
