@@ -35,11 +35,11 @@ def build(lang: str = "en") -> gr.Blocks:
             with tr.add(gr.Tab(t("tab.runs", lang), id="runs", elem_id="tab-runs"), "tab.runs"):
                 run_select, buttons, action_msg = runs_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.library", lang), id="library", elem_id="tab-library"), "tab.library") as lib:
-                lib_pick, to_chat, listing, refresh_listing, base_filter = library_tab.build(tr, lang_state, lang)
+                lib_pick, to_chat, lib_open = library_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.chat", lang), id="chat", elem_id="tab-chat"), "tab.chat") as chat:
                 chat_base, chat_adapter, chat_load = chat_tab.build(tr, lang_state, lang)
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
-        lib.select(refresh_listing, [base_filter, lib_pick, lang_state], listing)
+        lib.select(*lib_open)
         data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
         chat.select(lambda lang: (gr.update(choices=chat_tab.base_choices()),
                                   gr.update(choices=chat_tab.adapter_choices(lang))),

@@ -25,10 +25,17 @@ def table(base: str, lang: str) -> pd.DataFrame:
     for a in library.list_adapters(base or None):
         ra = f"{a.rank}/{a.alpha:g}" if a.rank else ""
         loss = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""
-        rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, ra, ", ".join(a.target_modules),
-                     ", ".join(d.rsplit("/", 1)[-1] for d in a.datasets), a.steps or "", loss(a.train_loss),
-                     loss(a.eval_loss), a.size, a.created.replace("T", " ")[:16], a.source])
+        rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, loss(a.train_loss), loss(a.eval_loss),
+                     a.steps or "", ra, short_list(a.target_modules),
+                     short_list([d.rsplit("/", 1)[-1] for d in a.datasets]), a.size,
+                     a.created.replace("T", " ")[:16], a.source])
     return pd.DataFrame(rows, columns=cols)
+
+
+def short_list(items: list[str], keep: int = 2) -> str:
+    """A cell that fits: the first few, then how many more (the detail panel shows them all)."""
+    shown = ", ".join(items[:keep])
+    return f"{shown} +{len(items) - keep}" if len(items) > keep else shown
 
 
 def choices(base: str = ALL) -> list[tuple[str, str]]:
@@ -69,7 +76,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     c.combination.change(lambda v: gr.update(info=COMBINATION_HELP.get(v, "")), c.combination, c.combination)
     c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype, lang_state], c.message)
     c.zip_prepare.click(do_zip, [c.pick, lang_state], [c.zip_button, c.message])
-    return c.pick, c.to_chat, listing, refresh_all, c.base_filter
+    on_open = (opened, tail, listing + [c.curve, c.memory, c.config, c.zip_button])
+    return c.pick, c.to_chat, on_open
 
 
 def _layout_listing(c, tr: Translator, lang: str) -> None:
@@ -79,7 +87,7 @@ def _layout_listing(c, tr: Translator, lang: str) -> None:
         c.refresh = tr.add(gr.Button(t("lib.refresh", lang), scale=1, size="sm", elem_id="lib-refresh"),
                            "lib.refresh", "value")
     c.table = tr.add(gr.Dataframe(value=table(ALL, lang), interactive=False, label=t("lib.list", lang),
-                                  elem_id="lib-table", wrap=True), "lib.list")
+                                  elem_id="lib-table"), "lib.list")
     with gr.Row():
         c.pick = tr.add(gr.Dropdown(choices=choices(), label=t("lib.pick", lang), scale=3, elem_id="lib-pick"),
                         "lib.pick")
@@ -158,6 +166,13 @@ def refresh_all(base, selected, lang, first_if_gone=True):
     selected = selected if selected in ids else (ids[0] if ids and first_if_gone else None)
     return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
             gr.update(choices=base_choices(lang)))
+
+
+def opened(base, selected, lang):
+    """The tab opened: the listing redrawn and the picked adapter's detail shown (a pick that did not
+    change fires no change event, and the first pick is made before any detail was drawn)."""
+    listing = refresh_all(base, selected, lang)
+    return listing + show(listing[1]["value"], lang)
 
 
 def show(ref, lang):
