@@ -257,9 +257,15 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, text: str, *, file: str | None = None, overrides: list[str] | None = None) -> "RunConfig":
         data, lines = parse_yaml_with_lines(text, file)
-        for item in overrides or []:
-            lines.pop(apply_override(data, item), None)     # an error names the override, not the file's line
-        return cls.from_dict(data, file=file, lines=lines)
+        overridden = [apply_override(data, item) for item in overrides or []]
+        for key in overridden:
+            lines.pop(key, None)
+        try:
+            return cls.from_dict(data, file=file, lines=lines)
+        except ConfigError as e:        # a value typed after the file is not the file's fault
+            if e.field and any(e.field == k or e.field.startswith(k + ".") for k in overridden):
+                e.file, e.line = "command line", None
+            raise
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":

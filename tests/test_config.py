@@ -54,15 +54,17 @@ def test_fields_carry_help_in_both_languages_and_bounds():
     assert "AdamW" in field_meta("train.optimizer")["help"]
 
 
-def test_an_override_error_does_not_point_at_the_line_it_replaced(tmp_path):
+def test_an_override_error_names_the_command_line_not_the_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model: m\ntrain:\n  batch_size: 2\n")
-    with pytest.raises(ConfigError) as e:
-        RunConfig.load(path, overrides=["train.batch_size=abc"])
-    assert e.value.field == "train.batch_size" and e.value.line is None
-    with pytest.raises(ConfigError) as e:
-        RunConfig.load(path, overrides=["train.batch_size=0"])
-    assert e.value.line is None and "too small" in str(e.value)
+    path.write_text("model: m\ntrain:\n  batch_size: 2\n  epochs: 0\n")
+    for override, words in (("train.batch_size=abc", "whole number"), ("train.batch_size=0", "too small"),
+                            ("train.batch_sise=2", "did you mean")):
+        with pytest.raises(ConfigError, match=words) as e:
+            RunConfig.load(path, overrides=[override, "train.epochs=1"])
+        assert e.value.line is None and str(e.value).startswith("command line, field 'train.batch_s")
+    with pytest.raises(ConfigError) as e:             # the file's own mistake still names the file and line
+        RunConfig.load(path, overrides=["train.batch_size=4"])
+    assert e.value.file == str(path) and e.value.line == 4 and e.value.field == "train.epochs"
 
 
 def test_every_option_has_a_place_in_the_train_form():
