@@ -15,6 +15,8 @@ def parse_args(argv=None):
     p.add_argument("--auth", default=os.environ.get("WORKBENCH_AUTH"),
                    help="require a login, as user:password (or set WORKBENCH_AUTH)")
     p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
+    p.add_argument("--restrict-paths", action="store_true",
+                   help="keep typed paths to the workspace even on 127.0.0.1 (behind a proxy that others reach)")
     p.add_argument("--allow-path", action="append", metavar="FOLDER",
                    default=[f for f in os.environ.get("WORKBENCH_ALLOW_PATHS", "").split(os.pathsep) if f],
                    help="served beyond this machine, visitors may name files only in the workspace and its "
@@ -27,15 +29,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def restrict_paths(args) -> list[str] | None:
-    """Served to other machines, typed paths are kept to the workspace, the shipped presets, gradio's
-    uploads and the --allow-path folders; on this machine alone they are not. Returns the folders."""
+    """Served to other machines (or asked to), typed paths are kept to the workspace, the shipped
+    presets, gradio's uploads and the --allow-path folders; on this machine alone they are not.
+    Returns the folders."""
     from gradio.utils import get_upload_folder
 
     from core import path_policy
     from core.presets import SHIPPED
     from core.workspace import home
 
-    if args.host in LOOPBACK and not args.share:
+    if args.host in LOOPBACK and not args.share and not args.restrict_paths:
         path_policy.unrestrict()
         return None
     folders = [str(home()), str(SHIPPED), get_upload_folder(), *args.allow_path]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from core import library, models
+from core import library, models, path_policy
 from core.adapter_check import CONFIG, check_adapter
 from core.chat import adapter_base
 from core.encode import ensure_chat_template
@@ -53,6 +53,7 @@ def check_request(adapter, name: str, dtype: str = "auto", max_shard_size: str |
     size = SHARD_SIZE.fullmatch(str(max_shard_size))
     if not (isinstance(max_shard_size, int) and max_shard_size > 0) and not (size and int(size.group(1)) > 0):
         raise ConfigError(f"'{max_shard_size}' is not a size; write it like 2GB or 500MB", field="max_shard_size")
+    path_policy.check(adapter_base(folder), "base_model")     # the base it loads, as typed paths are
     name = library.validate_name(name)
     if (exports_dir() / name).exists():
         raise ConfigError(f"exports/{name} already exists; choose another name", field="name")

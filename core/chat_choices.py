@@ -16,11 +16,15 @@ class Base:
     value: str          # what the chat loads: a model id or a folder
 
 
-def bases() -> list[Base]:
-    """Each model once, the embedded one first; folders are named by their own name and where they are."""
-    entries = library.list_adapters()
+Entries = list[library.AdapterInfo]
+
+
+def bases(entries: Entries | None = None) -> list[Base]:
+    """Each model once, the embedded one first; folders are named by their own name and where they are.
+    `entries`: the library's listing when the caller has it (each listing syncs the catalogue)."""
+    entries = library.list_adapters() if entries is None else entries
     found = [Base(EMBEDDED_MODEL, EMBEDDED_MODEL)]
-    found += [Base(b, b) for b in library.base_models()]
+    found += [Base(b, b) for b in sorted({a.base_model for a in entries if a.base_model})]
     found += [Base(f"{a.name} · {a.method} · library", a.path) for a in entries if a.kind == "model"]
     found += [Base(f"{p.name} · merged · exports", str(p)) for p in merged_exports()]
     seen, unique = set(), []
@@ -41,13 +45,13 @@ def merged_exports() -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def adapters() -> list[library.AdapterInfo]:
+def adapters(entries: Entries | None = None) -> Entries:
     """The library's PEFT adapters, newest first."""
-    return [a for a in library.list_adapters() if a.kind == "adapter"]
+    return [a for a in (library.list_adapters() if entries is None else entries) if a.kind == "adapter"]
 
 
-def newest_adapter() -> library.AdapterInfo | None:
-    rows = adapters()
+def newest_adapter(entries: Entries | None = None) -> library.AdapterInfo | None:
+    rows = adapters(entries)
     return max(rows, key=lambda a: a.created) if rows else None
 
 

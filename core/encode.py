@@ -49,7 +49,11 @@ def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = Fal
 def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of every assistant reply, end-of-turn
     tokens included (so the model learns where to stop)."""
-    full = render(tokenizer, messages, tools=tools)
+    try:
+        full = render(tokenizer, messages, tools=tools)
+    except Exception as e:      # the template is the model's own code: whatever it raises is this row's problem
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RowProblem(f"the model's chat template refuses this conversation: {reason}") from None
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":

@@ -337,7 +337,7 @@ def stop(job_id: str) -> Job:
         else:                           # started by hand: that process only, not the shell's pipeline
             os.kill(job.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return job
+        raise JobError("the run's process has just ended; the list shows how in a moment", field="run") from None
     try:
         job.dir.mark_stop_asked(job.pid)
     except OSError:                     # the folder deleted by hand: the worker still stops
@@ -376,6 +376,7 @@ def resume(job_id: str) -> Job:
         conn.execute("UPDATE jobs SET state='queued', resume=1, position=?, error=NULL, pid=NULL, finished_at=NULL "
                      "WHERE id=?", (last + 1, job_id))
         job.dir.write_status(state="queued", error=None)   # before the supervisor can start it and write its own
+        job.dir.clear_stop_asked()
     return get(job_id)
 
 

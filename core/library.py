@@ -209,8 +209,9 @@ def _row(ref) -> dict:
 def adapter_dir(ref: str | os.PathLike) -> Path:
     """The folder of a library entry, or any adapter folder given by path (registered or not)."""
     path = Path(os.path.expanduser(str(ref)))
-    if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
+    if path.is_absolute() or str(ref).startswith("."):
         path_policy.check(path, "adapter")      # a folder, not a name: only what the server allows
+    if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
         return path.absolute()
     return Path(_row(ref)["path"])
 

@@ -242,13 +242,17 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 
 def tokenizer_here(name: str, trust_remote_code: bool = False):
     """The model's tokenizer when it is on this machine already (a model folder, the embedded model
-    once converted), else None: for checks that must neither download nor convert anything."""
+    once converted), else None: for checks that must neither download nor convert anything. A model
+    that needs its own code is left to the run's process: the app's process runs none."""
     path = Path(os.path.expanduser(name.strip()))
     if is_embedded(name):
         path = models_dir() / EMBEDDED_MODEL
-    if not (path.is_dir() and (path / "config.json").is_file()):
+    if trust_remote_code or not (path.is_dir() and (path / "config.json").is_file()):
         return None
-    return load_tokenizer(ResolvedModel(str(path.absolute()), "local", name), trust_remote_code)
+    try:
+        return load_tokenizer(ResolvedModel(str(path.absolute()), "local", name))
+    except ModelError:          # the run's own load says what is wrong, with its context
+        return None
 
 
 def load_config(resolved: ResolvedModel, trust_remote_code: bool = False):

@@ -37,10 +37,13 @@ def check(path: str | os.PathLike, field: str | None = None) -> None:
     if _roots is None:
         return
     given = Path(os.path.expanduser(str(path)))
-    if not (given.is_absolute() or str(path).startswith(".") or given.exists()):
-        return
-    real = given.resolve()
-    if any(real == r or real.is_relative_to(r) for r in _roots):
+    try:
+        if not (given.is_absolute() or str(path).startswith(".") or given.exists()):
+            return
+        real = given.resolve()
+    except (OSError, ValueError):       # a NUL byte, a loop of links: no path to allow
+        real = None
+    if real is not None and any(real == r or real.is_relative_to(r) for r in _roots):
         return
     raise ConfigError(f"'{path}' is outside the folders this server lets its visitors name "
                       f"({', '.join(str(r) for r in _roots)})", field=field,

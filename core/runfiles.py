@@ -73,6 +73,9 @@ class RunDir:
         from status.json, which only the worker writes."""
         atomic_write_text(self.root / ".stop-asked", str(pid))
 
+    def clear_stop_asked(self) -> None:
+        (self.root / ".stop-asked").unlink(missing_ok=True)
+
     def stop_asked(self, pid: int | None) -> bool:
         """True once a Stop has been sent to this worker (not an earlier one of a resumed run)."""
         try:

@@ -177,8 +177,9 @@ def test_merge_exports_from_a_child_process_and_a_refusal_reads_as_the_cli_says_
 
 
 def test_a_finished_run_opens_in_chat_and_a_merged_export_is_a_base(page, tiny_model):
-    """'twice' lost its adapter to the delete above; 'elsewhere' still has its own. After a reload the
-    chat starts on the newest adapter, on the base it was trained on."""
+    """'twice' lost its adapter to the delete above; 'elsewhere' still has its own. The merged export
+    is offered to chat with and to train. After a reload the chat starts on the newest adapter, on
+    the base it was trained on."""
     open_tab(page, "Runs")
     pick(page, "run-select", "twice")
     page.wait_for_selector("#run-progress >> text=twice")
@@ -197,6 +198,11 @@ def test_a_finished_run_opens_in_chat_and_a_merged_export_is_a_base(page, tiny_m
     page.wait_for_function("() => document.querySelector('#chat-stats-a').innerText.includes('tokens/s')",
                            timeout=120_000)
     assert "Error" not in page.locator("#chat-status").inner_text()
+    open_tab(page, "Train")                                 # the export is a model to train further, too
+    pick(page, "field-model", "merged-ui")
+    page.locator("#preview-box").get_by_text("Config and command").click()
+    page.wait_for_selector(f"#preview >> text=model: {WORKSPACE['path'] / 'exports' / 'merged-ui'}")
+    page.locator("#preview-box").get_by_text("Config and command").click()
     page.reload()
     page.wait_for_selector("#mem-summary >> text=GiB")
     open_tab(page, "Chat")

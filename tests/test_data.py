@@ -130,3 +130,18 @@ def test_a_missing_value_in_parquet_is_missing_not_the_text_nan(tmp_path):
     report = check_file(path)
     assert [s["messages"][-1]["content"] for s in report.samples] == ["2.5"]
     assert "output" in report.problems[0].message and report.problems[0].line == 1
+
+
+def test_a_conversation_the_chat_template_refuses_is_a_row_problem(tiny_model):
+    """Templates are the model's own code and may raise (e.g. 'roles must alternate'): the row is
+    dropped with that reason, never a traceback."""
+    from core.encode import encode_sample
+    from core.formats import RowProblem
+
+    strict = load_tokenizer(ResolvedModel(str(tiny_model), "local", "tiny"))
+    strict.chat_template = ("{% for m in messages %}{% if loop.index0 % 2 == 0 and m['role'] != 'user' %}"
+                            "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+                            "{{ m['content'] }}{% endfor %}")
+    turns = [{"role": "assistant", "content": "first"}, {"role": "user", "content": "q"}]
+    with pytest.raises(RowProblem, match="chat template refuses this conversation: roles must alternate"):
+        encode_sample(strict, {"messages": turns}, 64)

@@ -34,15 +34,21 @@ def test_unrestricted_by_default(tiny_model):
     assert load_arch(str(tiny_model)).hidden_size > 0
 
 
-def test_a_model_outside_is_refused_whether_it_exists_or_not(restricted, tiny_model):
+def test_a_model_outside_is_refused_whether_it_exists_or_not(restricted, tiny_model, monkeypatch):
     from core import models
     from core.arch import load_arch
+
+    monkeypatch.chdir(ROOT)                 # where the app runs: relative paths start there
 
     refused(load_arch, str(tiny_model), field="model")
     refused(models.resolve, str(tiny_model), field="model")
     refused(models.resolve, "/no/such/model", field="model")           # the same answer: nothing is told
     refused(models.check_trainable, str(tiny_model / "config.json"), field="model")
     path_policy.check("Qwen/Qwen2.5-0.5B-Instruct", "model")             # a hub id names no file here
+    refused(path_policy.check, "~", "model", field="model")
+    refused(path_policy.check, "./core", "model", field="model")           # relative to the app's folder
+    refused(path_policy.check, "core", "model", field="model")             # there, and outside
+    refused(path_policy.check, str(restricted) + "/\x00x", "model", field="model")   # no path at all
 
 
 def test_a_folder_the_operator_allows_is_usable(workspace, tiny_model):
@@ -92,8 +98,25 @@ def test_a_run_on_a_model_outside_is_not_queued(restricted, tiny_model):
     assert jobs.list_jobs() == []
 
 
+def test_a_merge_would_load_a_base_outside_is_refused(workspace, tiny_model):
+    from core import library
+    from core.adapter_merge import check_request
+    from core.train import run
+
+    run(RunConfig.from_dict({"model": str(tiny_model), "datasets": [str(DATA)], "name": "m",
+                             "output_dir": str(workspace / "runs" / "m"), "train": {"max_steps": 1}}))
+    assert check_request("m", "merged")[1] == "merged"
+    path_policy.restrict([workspace])
+    try:
+        refused(check_request, "m", "merged", field="base_model")
+    finally:
+        path_policy.unrestrict()
+    assert library.get("m").base_model == str(tiny_model)
+
+
 @pytest.mark.parametrize("argv,restricts", [
     ([], False), (["--host", "localhost"], False), (["--host", "0.0.0.0"], True), (["--share"], True),
+    (["--restrict-paths"], True),
 ])
 def test_the_server_restricts_typed_paths_only_when_others_can_reach_it(workspace, monkeypatch, argv, restricts):
     import app

@@ -41,9 +41,7 @@ def build(lang: str = "en") -> gr.Blocks:
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
         lib.select(*lib_open)
         data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
-        chat.select(lambda lang: (gr.update(choices=chat_tab.base_choices()),
-                                  gr.update(choices=chat_tab.adapter_choices(lang))),
-                    lang_state, [chat_base, chat_adapter])
+        chat.select(chat_tab.refreshed_choices, lang_state, [chat_base, chat_adapter])
 
         def open_in_chat(ref, lang):
             if not ref:

@@ -18,13 +18,19 @@ NO_ADAPTER = ""
 _stops: dict[str, threading.Event] = {}
 
 
-def adapter_choices(lang: str) -> list[tuple[str, str]]:
+def adapter_choices(lang: str, entries=None) -> list[tuple[str, str]]:
     return [(t("chat.no_adapter", lang), NO_ADAPTER)] + [(f"{a.name} · {a.base_model.rsplit('/', 1)[-1]}", a.id)
-                                                         for a in chat_choices.adapters()]
+                                                         for a in chat_choices.adapters(entries)]
 
 
-def base_choices() -> list[tuple[str, str]]:
-    return [(b.label, b.value) for b in chat_choices.bases()]
+def base_choices(entries=None) -> list[tuple[str, str]]:
+    return [(b.label, b.value) for b in chat_choices.bases(entries)]
+
+
+def refreshed_choices(lang: str) -> tuple[dict, dict]:
+    """The base and adapter A lists redrawn from one listing of the library; the picks stay."""
+    entries = library.list_adapters()
+    return gr.update(choices=base_choices(entries)), gr.update(choices=adapter_choices(lang, entries))
 
 
 def base_of(adapter_id: str) -> str | None:
@@ -38,15 +44,16 @@ def base_of(adapter_id: str) -> str | None:
 def picks_for(info: library.AdapterInfo | None, lang: str) -> tuple[dict, dict]:
     """The (base, adapter A) updates that open the chat on a library entry: an adapter on its base, a
     full model as the base itself; none, the newest adapter (what a visitor most likely just trained)."""
-    info = info or chat_choices.newest_adapter()
+    entries = library.list_adapters()
+    info = info or chat_choices.newest_adapter(entries)
     if info is None:
         base, adapter = EMBEDDED_MODEL, NO_ADAPTER
     elif info.kind == "model":
         base, adapter = info.path, NO_ADAPTER
     else:
         base, adapter = info.base_model, info.id
-    return (gr.update(choices=base_choices(), value=base),
-            gr.update(choices=adapter_choices(lang), value=adapter))
+    return (gr.update(choices=base_choices(entries), value=base),
+            gr.update(choices=adapter_choices(lang, entries), value=adapter))
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
@@ -55,7 +62,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     _layout_conversation(c, tr, lang)
     c.side.change(lambda on: (gr.update(visible=on), gr.update(visible=on)), c.side, [c.adapter_b, c.col_b])
     c.adapter_a.input(on_adapter, c.adapter_a, c.base)
-    c.base.input(on_base, [c.base, c.adapter_a], c.adapter_a)
+    c.base.input(on_base, [c.base, c.adapter_a, c.adapter_b], [c.adapter_a, c.adapter_b])
     inputs = [c.prompt, c.bot_a, c.bot_b, c.base, c.adapter_a, c.adapter_b, c.side, c.system, c.temperature,
               c.top_p, c.top_k, c.max_new, c.repetition, lang_state]
     outputs = [c.bot_a, c.bot_b, c.stats_a, c.stats_b, c.status, c.prompt]
@@ -122,11 +129,9 @@ def on_adapter(adapter_id):
     return gr.update(value=base_of(adapter_id)) if adapter_id else gr.skip()
 
 
-def on_base(base_name, adapter_id):
-    """A base the picked adapter was not trained on would not take it: chat with the base alone."""
-    if adapter_id and base_of(adapter_id) != base_name:
-        return gr.update(value=NO_ADAPTER)
-    return gr.skip()
+def on_base(base_name, *adapter_ids):
+    """A base an adapter was not trained on would not take it: that column chats with the base alone."""
+    return tuple(gr.update(value=NO_ADAPTER) if a and base_of(a) != base_name else gr.skip() for a in adapter_ids)
 
 
 def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, n, rep, lang, request: gr.Request):

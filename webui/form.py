@@ -75,7 +75,7 @@ class Form:
         return out
 
 
-def make_component(dotted: str, value, lang: str, tr: Translator, model_choices: list[str] | None = None,
+def make_component(dotted: str, value, lang: str, tr: Translator, model_choices: list | None = None,
                    gpu_choices: list[str] | None = None):
     meta = field_meta(dotted)
     tp = field_type(dotted)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import devices, jobs, launch, presets
+from core import chat_choices, devices, jobs, launch, presets
 from core.dataset_library import list_datasets
 from core.arch import list_cards
-from core.config import EMBEDDED_MODEL, RunConfig
+from core.config import RunConfig
 from core.errors import WorkbenchError
 from webui import memory_panel
 from webui.form import GROUPS, METHOD_LR, Form, build_group
@@ -58,8 +58,12 @@ def dataset_choices(extra: list[str] | None = None) -> list[tuple[str, str]]:
     return choices
 
 
-def model_choices() -> list[str]:
-    return list(dict.fromkeys([EMBEDDED_MODEL, *(c["hub_id"] or c["name"] for c in list_cards())]))
+def model_choices() -> list[tuple[str, str]]:
+    """The models of this workspace (the embedded one, the library's bases, fully trained models and
+    merged exports, to train further), then the shipped cards' hub ids."""
+    local = [(b.label, b.value) for b in chat_choices.bases()]
+    known = {v for _, v in local}
+    return local + [(m, m) for m in dict.fromkeys(c["hub_id"] or c["name"] for c in list_cards()) if m not in known]
 
 
 def config_from_inputs(tab: TrainTab, values: list) -> RunConfig:
@@ -175,6 +179,7 @@ def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
 
     inputs = [panel.gpu, panel.gpus, lang_state] + tab.inputs
     _follow_devices(tab, panel)
+    _refresh_models(tab)
     triggers = [c.change for c in tab.inputs] + [panel.gpu.change, panel.gpus.change, lang_state.change]
     # A preset changes some fifty fields at once: one estimate for the last of them, not one for each.
     gr.on(triggers, update, inputs, panel.outputs, show_progress="hidden", trigger_mode="always_last")
@@ -199,6 +204,12 @@ def _follow_devices(tab: TrainTab, panel) -> None:
         return devices.gpus_for_estimate(str(gpus or ""), int(n or 1), devices.cuda_count())
 
     gr.on([spec.change, nodes.change], count, [spec, nodes], panel.gpus, show_progress="hidden")
+
+
+def _refresh_models(tab: TrainTab) -> None:
+    """A model merged or trained since the page was drawn is among the choices when the list opens."""
+    model = tab.form.components["model"]
+    model.focus(lambda: gr.update(choices=model_choices()), None, model, show_progress="hidden")
 
 
 def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download):
