@@ -212,6 +212,9 @@ def _read_jsonl(raw: bytes, name: str) -> list[Record]:
 
 def _read_csv(raw: bytes, name: str) -> list[Record]:
     text = _decode_rows(raw)
+    # The csv module refuses cells over 128 KiB by default; a long document is a fair cell, and the
+    # whole file is in memory already.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]

@@ -139,6 +139,14 @@ def test_text_that_is_not_utf8_is_reported_per_row(tmp_path, ext, content, line)
     assert report.rows_usable == 2
 
 
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    path = tmp_path / "long.csv"
+    document = "word " * 40_000                                  # 200 KB, over csv's 128 KiB default
+    path.write_text(f'text\n"{document}"\nshort\n')
+    report = check_file(path)
+    assert report.rows_usable == 2 and report.samples[0]["text"] == document
+
+
 def test_json_that_is_not_utf8_is_a_whole_file_problem(tmp_path):
     path = tmp_path / "latin1.json"
     path.write_bytes(b'[\n  {"text": "ok"},\n  {"text": "caf\xe9"}\n]')
