@@ -18,6 +18,7 @@ from core.formats import FORMATS, mapping_fields
 from core.llamafactory import import_llamafactory
 from core.preview import length_stats, preview, preview_html
 from webui.i18n import Translator, t
+from webui.train_tab import model_choices
 
 SLOTS = 6               # column-mapping dropdowns; each format uses at most this many column fields
 _tokenizers: dict[str, object] = {}
@@ -79,6 +80,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     for comp in (c.fmt, c.model, c.max_len, c.train_on, c.n_samples, *c.slots):
         comp.input(check, inputs, outputs)
     c.upload.upload(on_upload_name, c.upload, c.name)
+    c.model.focus(lambda: gr.update(choices=model_choices()), None, c.model, show_progress="hidden")
     lib_outputs = [c.message, c.lib, c.lib_pick]
     c.save.click(do_save, [c.upload, c.name, c.fmt, c.model, lang_state, *c.slots], lib_outputs)
     c.rename.click(do_rename, [c.lib_pick, c.new_name, lang_state], lib_outputs)
@@ -115,9 +117,9 @@ def _layout_options(c, tr: Translator, lang: str) -> None:
         c.fmt = tr.add(gr.Dropdown(choices=["auto", *FORMATS], value="auto", label=t("data.format", lang),
                                    info=t("data.format_hint", lang), elem_id="data-format"), "data.format",
                        "labelinfo")
-        c.model = tr.add(gr.Dropdown(choices=[EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
-                                     label=t("data.model", lang), info=t("data.model_hint", lang)), "data.model",
-                         "labelinfo")
+        c.model = tr.add(gr.Dropdown(choices=model_choices(), value=EMBEDDED_MODEL, allow_custom_value=True,
+                                     label=t("data.model", lang), info=t("data.model_hint", lang),
+                                     elem_id="data-model"), "data.model", "labelinfo")
         length, train_on = field_meta("data.max_seq_len"), field_meta("data.train_on")
         defaults = DataOptions()
         c.max_len = tr.add(gr.Number(value=defaults.max_seq_len, minimum=length["min"], maximum=length["max"],
