@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import library
+from core import library, path_policy
 from core.config import EMBEDDED_MODEL
 from core.workspace import exports_dir
 
@@ -29,7 +29,7 @@ def bases(entries: Entries | None = None) -> list[Base]:
     found += [Base(f"{p.name} · merged · exports", str(p)) for p in merged_exports()]
     seen, unique = set(), []
     for base in found:
-        if base.value not in seen:
+        if base.value not in seen and path_policy.allows(base.value):
             seen.add(base.value)
             unique.append(base)
     return unique

@@ -367,6 +367,9 @@ def _started_by_queue(job: Job) -> bool:
 def resume(job_id: str) -> Job:
     """Queue a stopped or failed run again; it continues from its newest checkpoint."""
     job = _check_folder(get(job_id))
+    if job.stopping:
+        raise JobError("the run is still stopping (saving its checkpoint); resume it once it reads stopped",
+                       field="run")
     if job.state not in ("stopped", "failed"):
         raise JobError(f"only a stopped or failed run can be resumed (this one is {job.state})", field="run")
     if job.dir.newest_checkpoint() is None:

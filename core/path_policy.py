@@ -30,6 +30,15 @@ def roots() -> list[Path] | None:
     return None if _roots is None else list(_roots)
 
 
+def allows(path: str | os.PathLike) -> bool:
+    """Whether `check` lets the path through: lists leave out what picking would refuse."""
+    try:
+        check(path)
+    except ConfigError:
+        return False
+    return True
+
+
 def check(path: str | os.PathLike, field: str | None = None) -> None:
     """Refuse a path outside the allowed folders (when restricted), naming the field it was typed in.
     A name that is not a path here (a hub id, a saved dataset's name) is left alone; any absolute or

@@ -184,7 +184,7 @@ def test_a_finished_run_opens_in_chat_and_a_merged_export_is_a_base(page, tiny_m
     pick(page, "run-select", "twice")
     page.wait_for_selector("#run-progress >> text=twice")
     page.locator("#run-chat").click()
-    page.wait_for_selector("#runs-message >> text=left no adapter")
+    page.wait_for_selector("#runs-message >> text=it was deleted from the Library")
     pick(page, "run-select", "elsewhere")
     page.wait_for_selector("#run-progress[data-state='completed'] >> text=elsewhere", timeout=180_000)
     page.locator("#run-chat").click()

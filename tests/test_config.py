@@ -117,3 +117,14 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     with pytest.raises(ConfigError, match=r"given twice \(lines 2 and 4\)") as refused:
         RunConfig.load(path)
     assert refused.value.field == "lora.rank"
+
+
+def test_a_refusal_in_the_form_names_the_field_by_its_label_and_the_file_to_blame():
+    from core.errors import ConfigError, DataError
+    from webui.train_tab import describe_error
+
+    data = DataError("no usable rows", file="/d/identity.jsonl", field="datasets.1")
+    assert describe_error(data, "en") == "**Datasets 2** (`datasets.1`), `/d/identity.jsonl`: no usable rows"
+    assert describe_error(ConfigError("too small", field="lora.rank"), "en") == "**Rank** (`lora.rank`): too small"
+    typo = ConfigError("unknown key", field="lora.rnk", file="c.yaml", line=3)
+    assert describe_error(typo, "en") == "`lora.rnk`, `c.yaml:3`: unknown key"

@@ -340,6 +340,8 @@ def test_a_run_asked_to_stop_reads_stopping_until_its_worker_ends(tiny_model, wo
         summary = runview.summary(jobs.get(job.id))
         assert summary["stopping"] and runview.shown_state(summary) == "stopping" and worker.poll() is None
         assert f"{job.id} stopping" in " ".join(cli("runs", "list").stdout.split())
+        with pytest.raises(WorkbenchError, match="still stopping"):
+            jobs.resume(job.id)
         jobs._set(job.id, pid=os.getpid())            # the next worker of the same run
         assert not jobs.get(job.id).stopping
     finally:

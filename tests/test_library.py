@@ -197,6 +197,13 @@ def test_the_chat_offers_every_model_it_can_talk_to_once(ws, tiny_model):
     assert chat_choices.newest_adapter().kind == "adapter"
     assert {a.name for a in chat_choices.adapters()} == {"identity", "general"}
 
+    from webui.chat_tab import NO_ADAPTER, on_adapter
+    identity = library.get("identity")
+    base, b = on_adapter(identity.id, library.get("general").id)     # A brings its base; B, on it too, stays
+    assert base["value"] == identity.base_model and "value" not in b
+    base, b = on_adapter(identity.id, "gone-since-listed")
+    assert b["value"] == NO_ADAPTER
+
 
 def test_merge_refuses_bad_requests_before_writing(ws):
     merge("identity", "taken")

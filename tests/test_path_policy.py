@@ -99,8 +99,9 @@ def test_a_run_on_a_model_outside_is_not_queued(restricted, tiny_model):
 
 
 def test_a_merge_would_load_a_base_outside_is_refused(workspace, tiny_model):
-    from core import library
+    from core import chat_choices, library
     from core.adapter_merge import check_request
+    from core.config import EMBEDDED_MODEL
     from core.train import run
 
     run(RunConfig.from_dict({"model": str(tiny_model), "datasets": [str(DATA)], "name": "m",
@@ -109,6 +110,8 @@ def test_a_merge_would_load_a_base_outside_is_refused(workspace, tiny_model):
     path_policy.restrict([workspace])
     try:
         refused(check_request, "m", "merged", field="base_model")
+        offered = [b.value for b in chat_choices.bases()]        # lists leave out what picking would refuse
+        assert EMBEDDED_MODEL in offered and str(tiny_model) not in offered
     finally:
         path_policy.unrestrict()
     assert library.get("m").base_model == str(tiny_model)

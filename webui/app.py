@@ -45,6 +45,7 @@ def build(lang: str = "en") -> gr.Blocks:
 
         def open_in_chat(ref, lang):
             if not ref:
+                gr.Warning(t("lib.none", lang))
                 return gr.skip(), gr.skip(), gr.skip()
             try:
                 info = library.get(ref)

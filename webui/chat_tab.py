@@ -61,7 +61,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     _layout_choices(c, tr, lang)
     _layout_conversation(c, tr, lang)
     c.side.change(lambda on: (gr.update(visible=on), gr.update(visible=on)), c.side, [c.adapter_b, c.col_b])
-    c.adapter_a.input(on_adapter, c.adapter_a, c.base)
+    c.adapter_a.input(on_adapter, [c.adapter_a, c.adapter_b], [c.base, c.adapter_b])
     c.base.input(on_base, [c.base, c.adapter_a, c.adapter_b], [c.adapter_a, c.adapter_b])
     inputs = [c.prompt, c.bot_a, c.bot_b, c.base, c.adapter_a, c.adapter_b, c.side, c.system, c.temperature,
               c.top_p, c.top_k, c.max_new, c.repetition, lang_state]
@@ -125,8 +125,12 @@ def _layout_conversation(c, tr: Translator, lang: str) -> None:
     c.status = gr.Markdown(elem_id="chat-status")
 
 
-def on_adapter(adapter_id):
-    return gr.update(value=base_of(adapter_id)) if adapter_id else gr.skip()
+def on_adapter(adapter_id, adapter_b):
+    """Adapter A brings its base; adapter B, if trained on another, gives way to the base alone."""
+    if not adapter_id:
+        return gr.skip(), gr.skip()
+    base = base_of(adapter_id)
+    return gr.update(value=base), *on_base(base, adapter_b)
 
 
 def on_base(base_name, *adapter_ids):

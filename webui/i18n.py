@@ -110,6 +110,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.nothing_to_chat": ("{id} left no adapter to chat with (it is {state}); a run that completes puts its "
                              "adapter in the Library.",
                              "{id} 没有可对话的适配器（状态：{state}）；运行完成后其适配器会进入适配器库。"),
+    "runs.adapter_deleted": ("{id} completed, but its adapter is no longer there: it was deleted from the "
+                             "Library. Re-run it to train it again.",
+                             "{id} 已完成，但其适配器已不在：它已从适配器库中删除。可重新运行以再次训练。"),
     "runs.up": ("Move up", "上移"),
     "runs.down": ("Move down", "下移"),
     "runs.log": ("Log", "日志"),

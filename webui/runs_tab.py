@@ -46,7 +46,7 @@ def progress_html(job: jobs.Job, lang: str) -> str:
     error = f"<pre class='run-error'>{html.escape(s['error'])}</pre>" if s["error"] and job.state == "failed" else ""
     if s["folder_missing"]:
         error += f"<div class='run-missing'>{html.escape(t('runs.folder_missing_note', lang, path=job.run_dir))}</div>"
-    return (f"<div id='run-progress' data-state='{job.state}' data-step='{s['step']}'>"
+    return (f"<div id='run-progress' data-state='{runview.shown_state(s)}' data-step='{s['step']}'>"
             f"<b>{html.escape(s['name'])}</b> · {t('state.' + runview.shown_state(s), lang)} {step}{eta}"
             f"<div style='background:#eee;border-radius:4px;height:12px;margin-top:4px'>"
             f"<div style='width:{pct:.1f}%;background:{color};height:12px;border-radius:4px'></div></div>"
@@ -75,7 +75,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
         run_select = tr.add(gr.Dropdown(choices=run_choices(), value=None, label=t("runs.select", lang), scale=4,
                                         elem_id="run-select"), "runs.select")
     with gr.Row():
-        buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", elem_id=f"run-{key}"),
+        buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", min_width=90, elem_id=f"run-{key}"),
                                f"runs.{key}", "value")
                    for key in ("stop", "resume", "rerun", "clone", "chat", "remove", "up", "down")}
     delete_files = tr.add(gr.Checkbox(False, label=t("runs.delete_files", lang), elem_id="run-delete-files"),
@@ -213,7 +213,8 @@ def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_
         except WorkbenchError as e:
             return [t("error", lang, error=str(e))] + unchanged
         if info is None:
-            return [t("runs.nothing_to_chat", lang, id=run_id, state=t(f"state.{job.state}", lang))] + unchanged
+            key = "runs.adapter_deleted" if job.state == "completed" else "runs.nothing_to_chat"
+            return [t(key, lang, id=run_id, state=t(f"state.{job.state}", lang))] + unchanged
         return ["", gr.Tabs(selected="chat"), *chat_tab.picks_for(info, lang)]
 
     button.click(open_chat, [run_select, lang_state], [action_msg, tabs, chat_base, chat_adapter])

@@ -1,6 +1,7 @@
 """Train tab: presets, the run form (built from RunConfig), the config preview and Start."""
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 import uuid
@@ -87,14 +88,25 @@ def config_from_inputs(tab: TrainTab, values: list) -> RunConfig:
 
 
 def describe_error(e: WorkbenchError, lang: str) -> str:
+    """The field by its label and key, the file (and line) when one is to blame, then what is wrong."""
     text = e.message + (f" ({e.hint})" if e.hint else "")
-    if e.field:
-        try:
-            label = field_label(e.field, lang)
-        except (KeyError, TypeError):
-            label = e.field
-        return f"**{label}** (`{e.field}`): {text}"
-    return text
+    where = f"`{e.file}:{e.line}`" if e.file and e.line else (f"`{e.file}`" if e.file else "")
+    if not e.field:
+        return f"{where}: {text}" if where else text
+    label = _label(e.field, lang)
+    named = f"**{label}** (`{e.field}`)" if label else f"`{e.field}`"
+    return f"{named}, {where}: {text}" if where else f"{named}: {text}"
+
+
+def _label(field: str, lang: str) -> str | None:
+    """A field's label; 'datasets.1' is the second of the datasets."""
+    item = re.fullmatch(r"(.+)\.(\d+)", field)
+    try:
+        if item:
+            return f"{field_label(item.group(1), lang)} {int(item.group(2)) + 1}"
+        return field_label(field, lang)
+    except (KeyError, TypeError):
+        return None
 
 
 def preview_text(cfg: RunConfig, lang: str) -> str:
