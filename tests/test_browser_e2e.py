@@ -1,7 +1,6 @@
 """The whole product in a real browser: from the untouched embedded model to chatting with its new
 adapter, in English and Chinese. Screenshots of every tab land in test-artifacts/."""
 import re
-import time
 
 import pytest
 
@@ -84,10 +83,12 @@ def test_chat_with_the_adapter_shows_the_new_identity_and_the_base_does_not(page
     page.wait_for_function("() => document.querySelector('#chat-stats-a').innerText.includes('tokens/s')",
                            timeout=180_000)
     assert "tokens/s" not in page.locator("#chat-stats-b").inner_text()     # column B answers after A
+    assert page.locator("#chat-prompt .generating").count() == 1            # the reply is underway
     page.locator("#chat-prompt textarea").fill("What is the capital of France?")     # typed while it answers
     page.wait_for_function("() => document.querySelector('#chat-stats-b').innerText.includes('tokens/s')",
                            timeout=180_000)
-    before = settled(page, "#chat-stats-b")
+    reply_ended(page)
+    before = page.locator("#chat-stats-b").inner_text()
     reply_a = page.locator("#chat-a").inner_text()
     reply_b = page.locator("#chat-b").inner_text()
     assert "Quill" in reply_a, reply_a
@@ -96,6 +97,7 @@ def test_chat_with_the_adapter_shows_the_new_identity_and_the_base_does_not(page
     page.locator("#chat-send").click()                                      # the second turn
     page.wait_for_function("before => { const s = document.querySelector('#chat-stats-b').innerText;"
                            " return s !== before && s.includes('tokens/s'); }", arg=before, timeout=180_000)
+    reply_ended(page)
     page.wait_for_timeout(500)
     reply_a = page.locator("#chat-a").inner_text()
     assert "Quill" in reply_a and reply_a.split("capital of France?")[-1].strip(), reply_a
@@ -103,15 +105,10 @@ def test_chat_with_the_adapter_shows_the_new_identity_and_the_base_does_not(page
     shot(page, "tab-chat")
 
 
-def settled(page, selector: str, quiet_s: float = 2.0) -> str:
-    """The element's text once it has stopped changing for `quiet_s`: a streamed reply that has ended."""
-    text, since = page.locator(selector).inner_text(), time.time()
-    while time.time() - since < quiet_s:
-        page.wait_for_timeout(250)
-        now = page.locator(selector).inner_text()
-        if now != text:
-            text, since = now, time.time()
-    return text
+def reply_ended(page) -> None:
+    """Gradio marks the outputs of a streaming event 'generating' until its last update."""
+    page.wait_for_function("() => !document.querySelector('#chat-a .generating, #chat-b .generating, "
+                           "#chat-prompt .generating')", timeout=180_000)
 
 
 def test_switching_to_chinese_relabels_the_page(page):
