@@ -10,9 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import path_policy
 from core.config import DatasetSpec, RunConfig
 from core.encode import encode_sample, ensure_chat_template
-from core import path_policy
 from core.errors import DataError, WorkbenchError
 from core.formats import FORMATS, RowProblem, columns_for, detect, detect_record, format_from_mapping, normalize
 from core.formats import variant as format_variant

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core import dataset_library as lib
-from core.data import FileCheck, check_files
 from core import path_policy
+from core.data import FileCheck, check_files
 from core.errors import DataError, WorkbenchError
 from core.formats import ROLE_TAGS
 from core.readers import EXTENSIONS

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import EMBEDDED_MODEL
 from core import path_policy
+from core.config import EMBEDDED_MODEL
 from core.errors import ModelError
 from core.workspace import models_dir
 

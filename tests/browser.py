@@ -69,6 +69,14 @@ def browser():
             b.close()
 
 
+def open_page(b, url: str, timeout_ms: int = 60_000):
+    """A desktop-sized tab on the app, waiting at most `timeout_ms` for each element by default."""
+    page = b.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    return page
+
+
 def shot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from browser import browser, open_tab, pick, serve, shot
+from browser import browser, open_page, open_tab, pick, serve, shot
 from conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -21,9 +21,7 @@ def page(tmp_path_factory, embedded_model):
     workspace = WORKSPACE["path"] = tmp_path_factory.mktemp("ui-data") / "workspace"
     with serve(workspace) as (url, _):
         with browser() as b:
-            page = b.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            page = open_page(b, url)
             page.wait_for_selector("#start")
             open_tab(page, "Data")
             yield page

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from browser import browser, open_tab, serve, shot
+from browser import browser, open_page, open_tab, serve, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -14,9 +14,7 @@ def app(tmp_path_factory, embedded_model):
     workspace = tmp_path_factory.mktemp("ui") / "workspace"
     with serve(workspace) as (url, proc):
         with browser() as b:
-            page = b.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = open_page(b, url, timeout_ms=30_000)
             page.wait_for_selector("#start")
             yield page, proc
             page.close()

@@ -2,7 +2,7 @@
 paths kept to the workspace; restarted on a workspace that holds an adapter already."""
 import pytest
 
-from browser import browser, open_tab, serve
+from browser import browser, open_page, open_tab, serve
 from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.browser
@@ -12,9 +12,7 @@ def test_a_server_others_reach_asks_for_a_login_and_keeps_typed_paths_home(tmp_p
     workspace = tmp_path / "workspace"
     with serve(workspace, "--host", "0.0.0.0", "--auth", "ada:s3cret") as (url, _):
         with browser() as b:
-            page = b.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            page = open_page(b, url)
             page.get_by_label("username").fill("ada")
             page.get_by_label("password").fill("wrong")
             page.get_by_role("button", name="Login").click()
@@ -41,9 +39,7 @@ def test_a_restarted_server_shows_the_detail_of_the_adapter_it_picks(tmp_path, t
     assert run_cli("--workspace", workspace, "train", "--config", config).returncode == 0
     with serve(workspace) as (url, _):
         with browser() as b:
-            page = b.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            page = open_page(b, url)
             page.wait_for_selector("#mem-summary >> text=GiB")
             open_tab(page, "Library")
             assert page.locator("#lib-pick input").first.input_value().startswith("before")

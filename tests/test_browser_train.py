@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import browser, open_tab, pick, serve, shot
+from browser import browser, open_page, open_tab, pick, serve, shot
 from conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -22,9 +22,7 @@ def page(tmp_path_factory, embedded_model):
     tmp = WORKSPACE["tmp"] = tmp_path_factory.mktemp("ui-train-tmp")
     with serve(workspace, env={"TMPDIR": str(tmp)}) as (url, _):
         with browser() as b:
-            page = b.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            page = open_page(b, url)
             page.wait_for_selector("#mem-summary >> text=GiB")
             yield page
 

@@ -52,7 +52,7 @@ def build(lang: str = "en") -> gr.Blocks:
             except WorkbenchError as e:          # deleted since the list was shown
                 gr.Warning(t("error", lang, error=str(e)))
                 return gr.skip(), gr.skip(), gr.skip()
-            return (gr.Tabs(selected="chat"), *chat_tab.picks_for(info, lang))
+            return chat_tab.open_on(info, lang)
 
         to_chat.click(open_in_chat, [lib_pick, lang_state], [tabs, chat_base, chat_adapter])
         runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, tabs, chat_base, chat_adapter)

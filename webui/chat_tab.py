@@ -41,6 +41,11 @@ def base_of(adapter_id: str) -> str | None:
         return None
 
 
+def open_on(info: library.AdapterInfo, lang: str) -> tuple:
+    """The (tabs, base, adapter A) updates that switch to the Chat tab on a library entry."""
+    return (gr.Tabs(selected="chat"), *picks_for(info, lang))
+
+
 def picks_for(info: library.AdapterInfo | None, lang: str) -> tuple[dict, dict]:
     """The (base, adapter A) updates that open the chat on a library entry: an adapter on its base, a
     full model as the base itself; none, the newest adapter (what a visitor most likely just trained)."""

@@ -215,7 +215,7 @@ def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_
         if info is None:
             key = "runs.adapter_deleted" if job.state == "completed" else "runs.nothing_to_chat"
             return [t(key, lang, id=run_id, state=t(f"state.{job.state}", lang))] + unchanged
-        return ["", gr.Tabs(selected="chat"), *chat_tab.picks_for(info, lang)]
+        return ["", *chat_tab.open_on(info, lang)]
 
     button.click(open_chat, [run_select, lang_state], [action_msg, tabs, chat_base, chat_adapter])
 
