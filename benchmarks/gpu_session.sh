@@ -6,8 +6,9 @@
 # five short runs stepped as the reference measurements were (--cases quick); vram-trainer: the same cases
 # through our Trainer; vram-ours: those cases with our trainer's defaults (padding-free, fused loss);
 # speed: baseline vs ours, LoRA and QLoRA, 40 steps (the first 5 left out of the steady rate), one repeat, batch 4
-# (speed16: batch 16; speed-qlora: QLoRA alone, with and without the fp32 upcast of the unquantized weights, and
-# with gradient checkpointing; speed-liger: LoRA and QLoRA with and without Liger's kernels);
+# (speed16: batch 16; speed-qlora: QLoRA alone: ours, without the fp32 upcast of the unquantized weights, with
+# gradient checkpointing, and with both of those and Liger's kernels; speed-liger: LoRA and QLoRA with and without
+# Liger's kernels);
 # distributed: tests/test_distributed.py (the FSDP test needs two GPUs). Stages run in the order given,
 # each within its own limit and within BUDGET seconds for the whole call (a stage that would start with
 # under 30 s left is skipped). Results, and one log of the whole call, go to $OUT (default ./gpu-results).
@@ -54,7 +55,7 @@ for stage in "${@:-tests vram speed}"; do
         speed) step speed 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
                    --out "$OUT/train_speed.json" ;;
         speed-qlora) step speed-qlora 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
-                         --methods qlora --arms baseline,ours,ours-half-rest,ours-ckpt --out "$OUT/train_speed_qlora.json" ;;
+                         --methods qlora --arms baseline,ours,ours-half-rest,ours-ckpt,ours-lean --out "$OUT/train_speed_qlora.json" ;;
         speed16) step speed16 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \
                      --batch-size 16 --out "$OUT/train_speed_b16.json" ;;
         speed-liger) step speed-liger 240 $PY benchmarks/train_speed.py --steps 40 --repeats 1 --no-loss-memory \

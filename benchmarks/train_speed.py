@@ -56,6 +56,8 @@ ABLATIONS = {                       # one technique off at a time
 EXTRAS = {                          # one option on that ours leaves off (not part of --arms all)
     "ours-liger": {"liger_kernels": True},      # Liger's norm, MLP, rotary and loss kernels (CUDA, liger-kernel)
     "ours-ckpt": {"gradient_checkpointing": True},
+    # QLoRA's leanest: Liger's kernels, embeddings and norms in bf16, checkpointing (as the baseline has)
+    "ours-lean": {"liger_kernels": True, "gradient_checkpointing": True, "quant": {"upcast_unquantized": False}},
 }
 VARIANTS = {**ABLATIONS, **EXTRAS}
 
