@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("chat", help="answer one prompt with an adapter (greedy); prints only the reply")
-    p.add_argument("--adapter", help="adapter folder (runs/<id>/adapter), or a full model folder")
+    p.add_argument("--adapter", help="adapter folder (runs/<id>/adapter), a full model folder, a library name, "
+                   "or a run id (a run that stopped or failed answers with its newest checkpoint)")
     p.add_argument("--model", help="base model (default: the one the adapter names)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--system", help="system prompt")

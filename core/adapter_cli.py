@@ -1,4 +1,5 @@
-"""`python -m core library {list,show,import,export-zip,rename,delete,mix}` and `python -m core merge`."""
+"""`python -m core library {list,show,import,export-zip,rename,delete,mix,exports,delete-export}` and
+`python -m core merge`."""
 from __future__ import annotations
 
 import json
@@ -69,6 +70,31 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_exports(args) -> int:
+    from core import exports
+
+    found = exports.list_exports()
+    if args.json:
+        print(json.dumps([e.to_dict() for e in found], indent=2))
+        return 0
+    print(f"{'name':<32} {'size':>10}  {'created':<16}  {'adapter':<24} base")
+    for e in found:
+        print(f"{e.name:<32} {e.size:>10}  {e.created or '-':<16}  {e.adapter or '-':<24} {e.base_model or '-'}")
+    return 0
+
+
+def cmd_delete_export(args) -> int:
+    from core import exports
+
+    found = exports.get(args.name)
+    if not args.yes:
+        raise ConfigError(f"this deletes the merged model '{found.name}' and its files ({found.path}); add --yes "
+                          "to confirm", field="yes")
+    exports.delete(found.name)
+    print(f"deleted exports/{found.name}")
+    return 0
+
+
 def cmd_mix(args) -> int:
     from core.adapter_mix import mix
 
@@ -94,7 +120,8 @@ def register(sub) -> None:
     from core.adapter_merge import DTYPES
     from core.adapter_mix import COMBINATIONS
 
-    lib = sub.add_parser("library", help="the adapter library: list, show, import, export, rename, delete, mix")
+    lib = sub.add_parser("library", help="the adapter library: list, show, import, export, rename, delete, mix; "
+                                         "merged models in exports/")
     cmds = lib.add_subparsers(dest="library_command", required=True)
 
     p = cmds.add_parser("list", help="every adapter, trained here, imported or mixed")
@@ -135,6 +162,15 @@ def register(sub) -> None:
     p.add_argument("--density", type=float, help="share of each update kept (ties, dare_ties)")
     p.add_argument("--svd-rank", type=int, help="rank of the result (svd; default the largest rank)")
     p.set_defaults(func=cmd_mix)
+
+    p = cmds.add_parser("exports", help="the merged full models in exports/, newest first")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_exports)
+
+    p = cmds.add_parser("delete-export", help="delete a merged model from exports/")
+    p.add_argument("name", help="its folder name in exports/")
+    p.add_argument("--yes", action="store_true", help="confirm the deletion")
+    p.set_defaults(func=cmd_delete_export)
 
     p = sub.add_parser("merge", help="merge an adapter into its base and export a full model to exports/<name>/")
     p.add_argument("--adapter", required=True, help="library name, id, or adapter folder")

@@ -19,7 +19,7 @@ from core import library, models, path_policy
 from core.adapter_check import CONFIG, check_adapter
 from core.chat import adapter_base
 from core.encode import ensure_chat_template
-from core.errors import ConfigError, ModelError
+from core.errors import ConfigError, ModelError, WorkbenchError
 from core.workspace import atomic_write_json, exports_dir, read_json
 
 Progress = Callable[[str, float, str], None]       # (stage, fraction 0..1, message)
@@ -93,6 +93,7 @@ def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = 
     try:
         _save(model.to(out_dtype), tmp, folder, resolved, max_shard_size)
         atomic_write_json(tmp / "workbench.json", {"source": "merged", "base_model": base, "adapter": str(folder),
+                                                   "adapter_name": _library_name(folder),
                                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         tmp.chmod(0o755)
         os.rename(tmp, target)
@@ -106,6 +107,14 @@ def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = 
     report("done", 1.0, f"saved {target}")
     return MergeResult(path=str(target), base_model=base, adapter=str(folder),
                        dtype=str(out_dtype).replace("torch.", ""), shards=shards, size_bytes=library.folder_size(target))
+
+
+def _library_name(folder: Path) -> str:
+    """What the Library calls the adapter (a trained run's folder is just 'adapter')."""
+    try:
+        return library.get(folder).name
+    except WorkbenchError:
+        return folder.name
 
 
 def _output_dtype(dtype: str, config):

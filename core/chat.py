@@ -207,18 +207,31 @@ class CountingStreamer(TextIteratorStreamer):
         super().put(value)
 
 
+def named_adapter(name: str) -> Path:
+    """A library name or id (as merge takes), or a run id: its adapter, or the newest checkpoint of a
+    run that stopped or failed."""
+    from core import chat_choices, jobs, library
+    try:
+        return library.adapter_dir(name)
+    except WorkbenchError:
+        pass
+    try:
+        target = chat_choices.of_run(jobs.get(name))
+    except WorkbenchError:
+        target = None
+    if target is None:
+        raise ModelError(f"'{name}' is not an adapter folder, a name in the library, or a run that left an "
+                         "adapter or a checkpoint", field="adapter")
+    return chat_choices.folder_of(target)
+
+
 def one_shot(adapter: str | Path | None, prompt: str, *, base: str | None = None, max_new_tokens: int = 256,
              system: str | None = None) -> str:
     """`python -m core chat`: load, answer one prompt greedily, return the reply."""
     if adapter is not None:
         adapter = Path(adapter)
         if not adapter.is_dir():
-            from core import library
-            try:
-                adapter = library.adapter_dir(str(adapter))      # a library name or id, as merge takes
-            except WorkbenchError:
-                raise ModelError(f"'{adapter}' is neither an adapter folder nor a name in the library",
-                                 field="adapter") from None
+            adapter = named_adapter(str(adapter))
         if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
             base, adapter = str(adapter), None      # a full fine-tuned model folder
     if adapter is not None:

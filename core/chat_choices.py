@@ -1,13 +1,15 @@
 """What the chat can talk to: base models (the embedded one, the bases the library's adapters were
-trained on, fully trained models, merged exports) and the library's adapters."""
+trained on, fully trained models, merged exports), the library's adapters, and the newest checkpoint
+of each run that stopped or failed before it left an adapter."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import library, path_policy
+from core import exports, jobs, library, path_policy
 from core.config import EMBEDDED_MODEL
-from core.workspace import exports_dir
+from core.errors import WorkbenchError
 
 
 @dataclass(frozen=True)
@@ -19,30 +21,23 @@ class Base:
 Entries = list[library.AdapterInfo]
 
 
-def bases(entries: Entries | None = None) -> list[Base]:
+def bases(entries: Entries | None = None, checkpoints: list[Checkpoint] = ()) -> list[Base]:
     """Each model once, the embedded one first; folders are named by their own name and where they are.
-    `entries`: the library's listing when the caller has it (each listing syncs the catalogue)."""
+    `entries`: the library's listing when the caller has it (each listing syncs the catalogue);
+    `checkpoints`: runs' checkpoints to offer too (their bases, and the models of full runs)."""
     entries = library.list_adapters() if entries is None else entries
     found = [Base(EMBEDDED_MODEL, EMBEDDED_MODEL)]
-    found += [Base(b, b) for b in sorted({a.base_model for a in entries if a.base_model})]
+    found += [Base(b, b) for b in sorted({a.base_model for a in entries if a.base_model}
+                                          | {c.base_model for c in checkpoints if c.is_adapter})]
     found += [Base(f"{a.name} · {a.method} · library", a.path) for a in entries if a.kind == "model"]
-    found += [Base(f"{p.name} · merged · exports", str(p)) for p in merged_exports()]
+    found += [Base(c.label, str(c.path)) for c in checkpoints if not c.is_adapter]
+    found += [Base(f"{p.name} · merged · exports", str(p)) for p in exports.folders()]
     seen, unique = set(), []
     for base in found:
         if base.value not in seen and path_policy.allows(base.value):
             seen.add(base.value)
             unique.append(base)
     return unique
-
-
-def merged_exports() -> list[Path]:
-    """Full model folders in exports/, newest first; hidden ones are merges still being written."""
-    folder = exports_dir()
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir()
-             if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def adapters(entries: Entries | None = None) -> Entries:
@@ -59,3 +54,92 @@ def trained_in(run_dir: str | Path) -> library.AdapterInfo | None:
     """What a finished run left in the library: its adapter, or its model for full and freeze tuning."""
     root = Path(run_dir).absolute()
     return next((a for a in library.list_adapters() if Path(a.path).parent == root), None)
+
+
+CHECKPOINT = "checkpoint:"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The newest checkpoint of a run that ended before its adapter (or model) was saved: an adapter
+    for LoRA and QLoRA, a whole model for full and freeze tuning."""
+    run_id: str
+    run_name: str
+    step: int
+    path: Path
+    base_model: str         # the model the run trained
+    is_adapter: bool
+
+    @property
+    def value(self) -> str:
+        """What a chat column names it by: the run and the step, so a resumed run never changes it."""
+        return f"{CHECKPOINT}{self.run_id}/{self.step}" if self.is_adapter else str(self.path)
+
+    @property
+    def label(self) -> str:
+        return f"{self.run_name} · step {self.step} · checkpoint"
+
+
+def checkpoint_of(job: jobs.Job) -> Checkpoint | None:
+    """A stopped or failed run's newest checkpoint, if it holds something to chat with."""
+    if job.state not in ("stopped", "failed"):
+        return None
+    path = job.dir.newest_checkpoint()
+    if path is None or not path_policy.allows(str(path)):
+        return None
+    is_adapter = (path / "adapter_config.json").is_file()
+    if not is_adapter and not (path / "config.json").is_file():
+        return None
+    return Checkpoint(job.id, job.name or job.id, int(path.name.rsplit("-", 1)[1]), path.absolute(), job.model,
+                      is_adapter)
+
+
+def checkpoints() -> list[Checkpoint]:
+    """Every stopped or failed run's newest checkpoint, newest run first."""
+    return [c for c in map(checkpoint_of, jobs.list_jobs()) if c is not None]
+
+
+def _checkpoint(value: str) -> Checkpoint:
+    m = re.fullmatch(re.escape(CHECKPOINT) + r"([^/]+)/(\d+)", value)
+    if m is None:
+        raise WorkbenchError(f"'{value}' does not name a run's checkpoint", field="adapter")
+    job = jobs.get(m.group(1))
+    path = job.dir.checkpoints / f"checkpoint-{int(m.group(2))}"
+    if not (path / "adapter_config.json").is_file():
+        raise WorkbenchError(f"run '{job.id}' no longer has its checkpoint of step {m.group(2)}; "
+                             "it was resumed past it or deleted", field="adapter")
+    path_policy.check(str(path), field="adapter")
+    return Checkpoint(job.id, job.name or job.id, int(m.group(2)), path.absolute(), job.model, True)
+
+
+def adapter_path(value: str) -> Path | None:
+    """The folder a chat column's adapter pick loads: a library entry or a run's checkpoint."""
+    if not value:
+        return None
+    return _checkpoint(value).path if value.startswith(CHECKPOINT) else library.adapter_dir(value)
+
+
+def adapter_base(value: str) -> str:
+    """The base an adapter pick was trained on."""
+    return _checkpoint(value).base_model if value.startswith(CHECKPOINT) else library.get(value).base_model
+
+
+def of_run(job: jobs.Job) -> library.AdapterInfo | Checkpoint | None:
+    """What a run leaves to chat with: its adapter or model in the library, else its newest checkpoint."""
+    return trained_in(job.run_dir) or checkpoint_of(job)
+
+
+def folder_of(target: library.AdapterInfo | Checkpoint) -> Path:
+    return target.path if isinstance(target, Checkpoint) else Path(target.path)
+
+
+def opening(target: library.AdapterInfo | Checkpoint | exports.Export | None) -> tuple[str, str]:
+    """(base, adapter) that open the chat on a library entry, a checkpoint or a merged export: an
+    adapter on its base, a whole model as the base itself; for none, the embedded model alone."""
+    if target is None:
+        return EMBEDDED_MODEL, ""
+    if isinstance(target, exports.Export):
+        return target.path, ""
+    if isinstance(target, Checkpoint):
+        return (target.base_model, target.value) if target.is_adapter else (str(target.path), "")
+    return (target.base_model, target.id) if target.kind == "adapter" else (target.path, "")

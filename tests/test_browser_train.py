@@ -208,6 +208,29 @@ def test_a_finished_run_opens_in_chat_and_a_merged_export_is_a_base(page, tiny_m
     assert page.locator("#chat-base input").first.input_value() == str(tiny_model)
 
 
+def test_a_merged_model_is_listed_opened_in_chat_and_deleted_in_the_library(page):
+    export = WORKSPACE["path"] / "exports" / "merged-ui"
+    open_tab(page, "Library")
+    page.locator("#lib-exports").get_by_text("Merged models").click()
+    table = page.locator("#lib-exports-table")
+    page.wait_for_function("() => document.querySelector('#lib-exports-table').textContent.includes('merged-ui')")
+    assert table.is_visible() and "other" in table.text_content()      # the adapter it was merged from
+    pick(page, "lib-export-pick", "merged-ui")
+    page.locator("#lib-export-chat").click()
+    page.wait_for_function("() => document.querySelector('#chat-base input').value == 'merged-ui · merged · exports'")
+    assert page.locator("#chat-adapter-a input").first.input_value().startswith("(no adapter")
+    open_tab(page, "Library")
+    page.locator("#lib-export-delete").click()
+    page.wait_for_selector("#lib-message >> text=Tick the confirmation box first")
+    assert export.is_dir()
+    page.locator("#lib-export-confirm input").check()
+    page.locator("#lib-export-delete").click()
+    page.wait_for_selector("#lib-message >> text=Deleted exports/merged-ui")
+    assert not export.exists() and "merged-ui" not in table.text_content()
+    assert not page.locator("#lib-export-confirm input").is_checked()
+    assert page.locator("#lib-export-pick input").first.input_value() == ""
+
+
 def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
     """'elsewhere', queued from the command line two tests ago, has run by now."""
     import shutil
@@ -238,7 +261,8 @@ def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
 
 
 def test_stop_and_resume_from_the_runs_tab(page, tiny_model):
-    """A run long enough to be stopped mid-way; Resume carries it on to its last step."""
+    """A run long enough to be stopped mid-way; its checkpoint answers in the Chat tab; Resume carries
+    it on to its last step."""
     open_tab(page, "Train")
     pick(page, "preset", "demo")
     page.wait_for_function("() => document.querySelector('#field-name input, #field-name textarea').value == 'demo'")
@@ -259,6 +283,18 @@ def test_stop_and_resume_from_the_runs_tab(page, tiny_model):
     page.wait_for_selector("#run-progress[data-state='stopped'] >> text=stopper", timeout=120_000)
     stopped_at = int(page.locator("#run-progress").get_attribute("data-step"))
     assert 0 < stopped_at < 120
+    page.locator("#run-chat").click()                   # a stopped run chats with its newest checkpoint
+    page.wait_for_selector("#chat-prompt textarea")
+    page.wait_for_function(f"() => document.querySelector('#runs-message').textContent"
+                           f".includes('newest checkpoint, of step {stopped_at}')")
+    assert page.locator("#chat-adapter-a input").first.input_value() == f"stopper · step {stopped_at} · checkpoint"
+    assert page.locator("#chat-base input").first.input_value() == str(tiny_model)
+    page.locator("#chat-prompt textarea").fill("Hello")
+    page.locator("#chat-send").click()
+    page.wait_for_function("() => document.querySelector('#chat-stats-a').innerText.includes('tokens/s')",
+                           timeout=120_000)
+    assert "Error" not in page.locator("#chat-status").inner_text()
+    open_tab(page, "Runs")
     page.locator("#run-resume").click()
     page.wait_for_selector("#run-progress[data-state='completed'] >> text=stopper", timeout=300_000)
     assert page.locator("#run-progress").get_attribute("data-step") == "120"

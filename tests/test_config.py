@@ -128,3 +128,19 @@ def test_a_refusal_in_the_form_names_the_field_by_its_label_and_the_file_to_blam
     assert describe_error(ConfigError("too small", field="lora.rank"), "en") == "**Rank** (`lora.rank`): too small"
     typo = ConfigError("unknown key", field="lora.rnk", file="c.yaml", line=3)
     assert describe_error(typo, "en") == "`lora.rnk`, `c.yaml:3`: unknown key"
+
+
+def test_a_refusal_in_the_other_tabs_names_the_box_by_its_label_never_the_internal_field_name():
+    from core.errors import DataError, ModelError
+    from core.jobs import JobError
+    from webui import data_tab, library_tab, runs_tab
+    from webui.i18n import failed
+
+    assert failed(JobError("no run 'x'", field="run"), "en", runs_tab.RUN_FIELDS) == "Error: **Run**: no run 'x'"
+    taken = ModelError("exports/m already exists", field="name")
+    assert failed(taken, "en", library_tab.MERGE_FIELDS) == "Error: **Export name**: exports/m already exists"
+    assert failed(taken, "zh", library_tab.FIELDS) == "错误：**新名称**: exports/m already exists"
+    bad = DataError("not JSON", file="a.jsonl", line=4, field="files", hint="fix the line")
+    assert failed(bad, "en", data_tab.SAVE_FIELDS) == "Error: **Upload data files (JSON, JSONL, CSV, Parquet, " \
+        "TXT; several at once)**, `a.jsonl:4`: not JSON (fix the line)"
+    assert failed(ModelError("gone", field="source"), "en") == "Error: gone"

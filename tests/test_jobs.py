@@ -54,9 +54,11 @@ def test_remove_takes_a_queued_run_off_the_queue(tiny_model, workspace):
     assert jobs.queue() == [] and not job.dir.root.exists()
 
 
-def stopped_run(tiny_model, sup, steps_done):
+def stopped_run(tiny_model, sup, steps_done, method="lora"):
     """A queued run of 300 steps, stopped from the queue once it has trained steps_done of them."""
-    job = jobs.submit(cfg(tiny_model, steps=300))
+    run = cfg(tiny_model, steps=300)
+    run.method = method
+    job = jobs.submit(run)
     until(lambda: job.dir.read_status().get("step", 0) >= steps_done, sup=sup)
     jobs.stop(job.id)
     until(lambda: state(job.id) == "stopped", sup=sup)
@@ -74,6 +76,34 @@ def test_stop_checkpoints_and_resume_continues_the_step_count(tiny_model, worksp
     sup.release()
     steps = [r["step"] for r in read_metrics(job.dir.metrics) if "loss" in r]
     assert steps == list(range(1, 301)) and job.dir.read_status()["step"] == 300
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_stopped_run_offers_its_newest_checkpoint_to_chat(tiny_model, workspace, method):
+    """An adapter checkpoint is an adapter on the run's model; a full run's checkpoint is a base."""
+    from core import chat_choices
+    from core.chat import one_shot
+    sup = jobs.Supervisor()
+    job = stopped_run(tiny_model, sup, 2, method)
+    sup.release()
+    ckpt = chat_choices.of_run(jobs.get(job.id))
+    assert isinstance(ckpt, chat_choices.Checkpoint) and ckpt.path == job.dir.newest_checkpoint().absolute()
+    assert [c.value for c in chat_choices.checkpoints()] == [ckpt.value] and ckpt.is_adapter == (method == "lora")
+    assert one_shot(job.id, "Hi", max_new_tokens=4) == one_shot(str(ckpt.path), "Hi", max_new_tokens=4)
+    if method == "full":
+        assert chat_choices.opening(ckpt) == (str(ckpt.path), "")
+        assert str(ckpt.path) in [b.value for b in chat_choices.bases([], [ckpt])]
+        return
+    assert chat_choices.opening(ckpt) == (str(tiny_model), ckpt.value)
+    assert chat_choices.adapter_path(ckpt.value) == ckpt.path
+    assert chat_choices.adapter_base(ckpt.value) == str(tiny_model)
+    assert str(tiny_model) in [b.value for b in chat_choices.bases([], [ckpt])]
+    with pytest.raises(WorkbenchError, match="no longer has its checkpoint of step 999"):
+        chat_choices.adapter_path(f"checkpoint:{job.id}/999")
+    with pytest.raises(WorkbenchError, match="no run 'gone'"):
+        chat_choices.adapter_path("checkpoint:gone/1")
+    with pytest.raises(WorkbenchError, match="or a run that left an adapter or a checkpoint"):
+        one_shot("gone", "Hi")
 
 
 def test_killed_worker_is_marked_failed_within_seconds(tiny_model, workspace):

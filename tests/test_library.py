@@ -218,6 +218,36 @@ def test_merge_refuses_bad_requests_before_writing(ws):
     assert sorted(p.name for p in (ws / "exports").iterdir()) == ["taken"]
 
 
+def test_merged_models_are_listed_opened_in_chat_and_deleted_by_name_only(ws, cli):
+    from core import chat_choices, exports
+
+    merge("identity", "kept")
+    merge("general", "gone")
+    (ws / "exports" / ".gone.tmp").mkdir()                    # a merge being written is no export yet
+    (ws / "exports" / ".gone.tmp" / "config.json").write_text("{}")
+    found = {e.name: e for e in exports.list_exports()}
+    assert set(found) == {"kept", "gone"}
+    assert found["kept"].adapter == "identity" and found["kept"].base_model == library.get("identity").base_model
+    assert found["kept"].size.endswith("B") and found["kept"].created[:2] == "20"
+    assert chat_choices.opening(exports.get("kept")) == (str(ws / "exports" / "kept"), "")
+    outside = ws.parent / "outside-model"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    for name in ("../outside-model", str(outside), ".gone.tmp", "", "nope"):
+        with pytest.raises(WorkbenchError, match="no merged model"):
+            exports.delete(name)
+    assert outside.is_dir()
+    res = cli("library", "exports", "--json")
+    assert res.returncode == 0 and {e["name"] for e in json.loads(res.stdout)} == {"kept", "gone"}, res.stderr
+    res = cli("library", "delete-export", "gone")
+    assert res.returncode == 2 and "--yes" in res.stderr and (ws / "exports" / "gone").is_dir()
+    res = cli("library", "delete-export", "gone", "--yes")
+    assert res.returncode == 0 and "deleted exports/gone" in res.stdout, res.stderr
+    assert not (ws / "exports" / "gone").exists() and [e.name for e in exports.list_exports()] == ["kept"]
+    res = cli("library", "exports")
+    assert res.returncode == 0 and "kept" in res.stdout and "identity" in res.stdout
+
+
 # --- mix ---------------------------------------------------------------------------------------
 
 def test_mix_of_one_and_zero_behaves_as_the_first_and_loads_with_plain_peft(ws, tiny_model):
@@ -570,5 +600,5 @@ def test_chat_takes_an_adapter_by_its_library_name_as_merge_does(ws):
 
     folder = ws / "runs" / "identity" / "adapter"
     assert one_shot("identity", "Who are you?", max_new_tokens=6) == one_shot(folder, "Who are you?", max_new_tokens=6)
-    with pytest.raises(ModelError, match="neither an adapter folder nor a name in the library"):
+    with pytest.raises(ModelError, match="not an adapter folder, a name in the library, or a run"):
         one_shot("no-such-adapter", "hi")

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core import jobs, library
-from core.errors import WorkbenchError
+from core import jobs
 from core.workspace import home
 from webui import chat_tab, data_tab, library_tab, runs_tab, train_tab
 from webui.i18n import LANGS, Translator, t
@@ -35,26 +34,17 @@ def build(lang: str = "en") -> gr.Blocks:
             with tr.add(gr.Tab(t("tab.runs", lang), id="runs", elem_id="tab-runs"), "tab.runs"):
                 run_select, buttons, action_msg = runs_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.library", lang), id="library", elem_id="tab-library"), "tab.library") as lib:
-                lib_pick, to_chat, lib_open = library_tab.build(tr, lang_state, lang)
+                lib_ui = library_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.chat", lang), id="chat", elem_id="tab-chat"), "tab.chat") as chat:
                 chat_base, chat_adapter, chat_load = chat_tab.build(tr, lang_state, lang)
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
-        lib.select(*lib_open)
+        lib.select(*lib_ui.on_open)
         data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
         chat.select(chat_tab.refreshed_choices, lang_state, [chat_base, chat_adapter])
 
-        def open_in_chat(ref, lang):
-            if not ref:
-                gr.Warning(t("lib.none", lang))
-                return gr.skip(), gr.skip(), gr.skip()
-            try:
-                info = library.get(ref)
-            except WorkbenchError as e:          # deleted since the list was shown
-                gr.Warning(t("error", lang, error=str(e)))
-                return gr.skip(), gr.skip(), gr.skip()
-            return chat_tab.open_on(info, lang)
-
-        to_chat.click(open_in_chat, [lib_pick, lang_state], [tabs, chat_base, chat_adapter])
+        chat_picks = [tabs, chat_base, chat_adapter]
+        lib_ui.to_chat.click(library_tab.open_in_chat, [lib_ui.pick, lang_state], chat_picks)
+        lib_ui.export_chat.click(library_tab.open_export_in_chat, [lib_ui.export_pick, lang_state], chat_picks)
         runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, tabs, chat_base, chat_adapter)
 
         def use_dataset(name, chosen):

@@ -11,54 +11,59 @@ from core.chat import GenerationOptions
 from core.chat_service import ChatService
 from core.config import EMBEDDED_MODEL
 from core.errors import WorkbenchError
-from webui.i18n import Translator, t
+from webui.i18n import Translator, failed, t
 
 SERVICE = ChatService()
 NO_ADAPTER = ""
 _stops: dict[str, threading.Event] = {}
+# The field names core raises with, to the labels shown.
+CHAT_FIELDS = {"adapter": "chat.adapter_a", "model": "chat.base", "base_model": "chat.base",
+               "max_new_tokens": "chat.max_new"}
 
 
-def adapter_choices(lang: str, entries=None) -> list[tuple[str, str]]:
-    return [(t("chat.no_adapter", lang), NO_ADAPTER)] + [(f"{a.name} · {a.base_model.rsplit('/', 1)[-1]}", a.id)
-                                                         for a in chat_choices.adapters(entries)]
+def listing() -> tuple[list[library.AdapterInfo], list[chat_choices.Checkpoint]]:
+    """The library's entries and the runs' checkpoints, read once for the lists drawn from them."""
+    return library.list_adapters(), chat_choices.checkpoints()
 
 
-def base_choices(entries=None) -> list[tuple[str, str]]:
-    return [(b.label, b.value) for b in chat_choices.bases(entries)]
+def adapter_choices(lang: str, found=None) -> list[tuple[str, str]]:
+    entries, ckpts = found or listing()
+    return ([(t("chat.no_adapter", lang), NO_ADAPTER)]
+            + [(f"{a.name} · {a.base_model.rsplit('/', 1)[-1]}", a.id) for a in chat_choices.adapters(entries)]
+            + [(c.label, c.value) for c in ckpts if c.is_adapter])
+
+
+def base_choices(found=None) -> list[tuple[str, str]]:
+    entries, ckpts = found or listing()
+    return [(b.label, b.value) for b in chat_choices.bases(entries, ckpts)]
 
 
 def refreshed_choices(lang: str) -> tuple[dict, dict]:
-    """The base and adapter A lists redrawn from one listing of the library; the picks stay."""
-    entries = library.list_adapters()
-    return gr.update(choices=base_choices(entries)), gr.update(choices=adapter_choices(lang, entries))
+    """The base and adapter A lists redrawn from one listing; the picks stay."""
+    found = listing()
+    return gr.update(choices=base_choices(found)), gr.update(choices=adapter_choices(lang, found))
 
 
 def base_of(adapter_id: str) -> str | None:
-    """The base an adapter was trained on; None for no adapter or one deleted since the list was shown."""
+    """The base an adapter was trained on; None for no adapter or one gone since the list was shown."""
     try:
-        return library.get(adapter_id).base_model if adapter_id else None
+        return chat_choices.adapter_base(adapter_id) if adapter_id else None
     except WorkbenchError:
         return None
 
 
-def open_on(info: library.AdapterInfo, lang: str) -> tuple:
-    """The (tabs, base, adapter A) updates that switch to the Chat tab on a library entry."""
-    return (gr.Tabs(selected="chat"), *picks_for(info, lang))
+def open_on(target, lang: str) -> tuple:
+    """The (tabs, base, adapter A) updates that switch to the Chat tab on a library entry or a checkpoint."""
+    return (gr.Tabs(selected="chat"), *picks_for(target, lang))
 
 
-def picks_for(info: library.AdapterInfo | None, lang: str) -> tuple[dict, dict]:
-    """The (base, adapter A) updates that open the chat on a library entry: an adapter on its base, a
-    full model as the base itself; none, the newest adapter (what a visitor most likely just trained)."""
-    entries = library.list_adapters()
-    info = info or chat_choices.newest_adapter(entries)
-    if info is None:
-        base, adapter = EMBEDDED_MODEL, NO_ADAPTER
-    elif info.kind == "model":
-        base, adapter = info.path, NO_ADAPTER
-    else:
-        base, adapter = info.base_model, info.id
-    return (gr.update(choices=base_choices(entries), value=base),
-            gr.update(choices=adapter_choices(lang, entries), value=adapter))
+def picks_for(target, lang: str) -> tuple[dict, dict]:
+    """The (base, adapter A) updates that open the chat on a library entry or a run's checkpoint; for
+    none, on the newest adapter (what a visitor most likely just trained)."""
+    found = listing()
+    base, adapter = chat_choices.opening(target or chat_choices.newest_adapter(found[0]))
+    return (gr.update(choices=base_choices(found), value=base),
+            gr.update(choices=adapter_choices(lang, found), value=adapter))
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
@@ -162,7 +167,7 @@ def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, 
             history = histories[i]
             messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt.strip() else []) + \
                 [{"role": m["role"], "content": m["content"]} for m in history[:-1]]
-            path = library.adapter_dir(adapter_id) if adapter_id else None
+            path = chat_choices.adapter_path(adapter_id)
             for update in SERVICE.stream(base_name, path, messages, opts, stop_event):
                 history[-1]["content"] = update["text"]
                 stats[i] = t("chat.stats", lang, ttft=update["ttft_s"], rate=update["tokens_per_s"],
@@ -172,7 +177,7 @@ def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, 
         for history in histories:
             if not history[-1]["content"]:
                 del history[-2:]
-        yield (*_out(histories, hist_b, two, stats, t("error", lang, error=str(e)))[:-1], text)
+        yield (*_out(histories, hist_b, two, stats, failed(e, lang, CHAT_FIELDS))[:-1], text)
         return
     finally:
         _stops.pop(request.session_hash, None)      # one entry per reply underway, not per visitor ever

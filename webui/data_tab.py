@@ -17,10 +17,13 @@ from core.errors import WorkbenchError
 from core.formats import FORMATS, mapping_fields
 from core.llamafactory import import_llamafactory
 from core.preview import length_stats, preview, preview_html
-from webui.i18n import Translator, t
+from webui.i18n import Translator, failed, t
 from webui.train_tab import model_choices
 
 SLOTS = 6               # column-mapping dropdowns; each format uses at most this many column fields
+# The field names core raises with when saving, to the labels shown.
+SAVE_FIELDS = {"name": "data.name", "files": "data.upload", "names": "data.upload", "format": "data.format",
+               "columns": "data.mapping", "model": "data.model"}
 _tokenizers: dict[str, object] = {}
 
 
@@ -197,7 +200,7 @@ def do_save(files, new, fmt_value, model_name, lang, *slot_values):
         info = dl.save_dataset(new, files, names=[Path(f).name for f in files], format=fmt_value,
                                columns=mapping_from(fmt_value, list(slot_values)), tokenizer=tok)
     except WorkbenchError as e:
-        return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+        return failed(e, lang, SAVE_FIELDS), gr.skip(), gr.skip()
     return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
 
@@ -207,7 +210,7 @@ def do_rename(pick, text, lang):
     try:
         info = dl.rename_dataset(pick, text)
     except WorkbenchError as e:
-        return (t("error", lang, error=str(e)), *listing(lang))
+        return (failed(e, lang, {"name": "data.new_name"}), *listing(lang))
     return (t("data.renamed", lang, name=info.name), *listing(lang, info.name))
 
 
@@ -218,7 +221,7 @@ def do_delete(pick, sure, lang):
     try:
         dl.delete_dataset(pick)
     except WorkbenchError as e:
-        return (t("error", lang, error=str(e)), *listing(lang), False)
+        return (failed(e, lang, {"name": "data.pick"}), *listing(lang), False)
     return (t("data.deleted", lang, name=pick), *listing(lang, None), False)
 
 
@@ -230,7 +233,7 @@ def do_hub(repo, subset, split, lang):
         info = dl.import_hub_dataset(dl.clean_dataset_name(repo.replace("/", "-")), repo,
                                      subset.strip() or None, split.strip() or "train")
     except WorkbenchError as e:
-        return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+        return failed(e, lang, {"hub": "data.hub_id"}), gr.skip(), gr.skip()
     return (t("data.saved", lang, name=info.name, rows=info.rows_usable), *listing(lang, info.name))
 
 
@@ -238,7 +241,7 @@ def do_lf(folder, lang):
     try:
         results = import_llamafactory(folder.strip())
     except WorkbenchError as e:
-        return t("error", lang, error=str(e)), gr.skip(), gr.skip()
+        return failed(e, lang), gr.skip(), gr.skip()
     lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {r.error['message']}"
              for r in results]
     return ("\n".join(lines), *listing(lang))
@@ -268,7 +271,7 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
     try:
         tok = tokenizer_for(model_name)
     except WorkbenchError as e:
-        return ["\n".join(lines), frame, t("error", lang, error=str(e)), None, ""] + slots
+        return ["\n".join(lines), frame, failed(e, lang, {"model": "data.model"}), None, ""] + slots
     previews = preview(samples, tok, n=n, train_on=train_on, max_len=max_len, lines=sample_lines)
     html = preview_html(previews, {k: t(f"data.html.{k}", lang) for k in
                                    ("trained", "masked", "sample", "line", "tokens", "truncated", "dropped")})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.config import field_meta
+from core.errors import WorkbenchError
 
 LANGS = {"English": "en", "简体中文": "zh"}
 
@@ -107,9 +108,13 @@ STRINGS: dict[str, tuple[str, str]] = {
                         "已请求 {id} 停止：它会在当前步结束后停止，并保存可继续的检查点。"),
     "runs.left_queue": ("{id} left the queue.", "{id} 已移出队列。"),
     "runs.chat": ("Chat with it", "与它对话"),
-    "runs.nothing_to_chat": ("{id} left no adapter to chat with (it is {state}); a run that completes puts its "
-                             "adapter in the Library.",
-                             "{id} 没有可对话的适配器（状态：{state}）；运行完成后其适配器会进入适配器库。"),
+    "runs.nothing_to_chat": ("{id} left nothing to chat with yet (it is {state}): a run that completes puts "
+                             "its adapter in the Library, and one that stopped or failed offers its newest "
+                             "checkpoint.",
+                             "{id} 还没有可对话的内容（状态：{state}）：运行完成后其适配器会进入适配器库，停止或失败的运行提供其最新检查点。"),
+    "runs.chat_checkpoint": ("{id} is {state}: the Chat tab has its newest checkpoint, of step {step}. Resume the "
+                             "run to finish its training.",
+                             "{id} 状态为{state}：对话页已载入其最新检查点（第 {step} 步）。继续该运行可完成训练。"),
     "runs.adapter_deleted": ("{id} completed, but its adapter is no longer there: it was deleted from the "
                              "Library. Re-run it to train it again.",
                              "{id} 已完成，但其适配器已不在：它已从适配器库中删除。可重新运行以再次训练。"),
@@ -252,6 +257,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "lib.dtype": ("Precision", "精度"),
     "lib.merge_go": ("Merge and export", "合并并导出"),
     "lib.merged": ("Exported a full model to `{path}`.", "已导出完整模型到 `{path}`。"),
+    "lib.exports": ("Merged models (exports/)", "合并后的模型（exports/）"),
+    "lib.export_cols": ("name|size|created|adapter|base model", "名称|大小|创建时间|适配器|基础模型"),
+    "lib.export_pick": ("Merged model", "合并后的模型"),
+    "lib.no_export": ("Pick a merged model first.", "请先选择一个合并后的模型。"),
     "lib.mix": ("Mix adapters", "混合适配器"),
     "lib.mix_pick": ("Adapters of one base model", "同一基础模型的适配器"),
     "lib.weights": ("Weights", "权重"),
@@ -267,6 +276,17 @@ def t(key: str, lang: str = "en", **fmt) -> str:
     en, zh = STRINGS[key]
     text = zh if lang == "zh" else en
     return text.format(**fmt) if fmt else text
+
+
+def failed(e: WorkbenchError, lang: str, labels: dict[str, str] | None = None) -> str:
+    """An error for a tab's message box: the box to blame by its label (`labels` maps the field names
+    core raises with to the tab's label keys; others are left out, the box being the one just used),
+    the file and line, then what is wrong. The Train form shows config keys, see train_tab.describe_error."""
+    key = (labels or {}).get(e.field or "")
+    where = f"`{e.file}:{e.line}`" if e.file and e.line else (f"`{e.file}`" if e.file else "")
+    head = ", ".join(x for x in (f"**{t(key, lang)}**" if key else "", where) if x)
+    text = e.message + (f" ({e.hint})" if e.hint else "")
+    return t("error", lang, error=f"{head}: {text}" if head else text)
 
 
 def field_label(dotted: str, lang: str = "en") -> str:

@@ -1,4 +1,5 @@
-"""Library tab: every adapter with its metrics; rename, delete, zip, import, merge, mix, chat."""
+"""Library tab: every adapter with its metrics; rename, delete, zip, import, merge, mix, chat; and the
+merged full models in exports/."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,22 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from core import library
+from core import exports, library
 from core.adapter_io import export_zip, import_adapter
 from core.adapter_merge import DTYPES, check_request
 from core.adapter_mix import COMBINATIONS, COMBINATION_HELP, check_arguments, parse_weights
 from core.child_task import run_core_command
 from core.errors import WorkbenchError
+from webui import chat_tab
 from webui.charts import run_figure
-from webui.i18n import Translator, t
+from webui.i18n import Translator, failed, t
 
 ALL = ""
+# The field names core raises with, to the labels shown.
+FIELDS = {"adapter": "lib.pick", "adapters": "lib.mix_pick", "weights": "lib.weights", "density": "lib.density",
+          "base_model": "lib.import_base", "source": "lib.import_folder", "name": "lib.new_name",
+          "export": "lib.export_pick", "dtype": "lib.dtype"}
+MERGE_FIELDS = {**FIELDS, "name": "lib.export_name", "base_model": "lib.filter"}
 
 
 def table(base: str, lang: str) -> pd.DataFrame:
@@ -43,6 +50,11 @@ def choices(base: str = ALL) -> list[tuple[str, str]]:
             for a in library.list_adapters(base or None)]
 
 
+def exports_table(lang: str) -> pd.DataFrame:
+    rows = [[e.name, e.size, e.created, e.adapter, e.base_model.rsplit("/", 1)[-1]] for e in exports.list_exports()]
+    return pd.DataFrame(rows, columns=t("lib.export_cols", lang).split("|"))
+
+
 def base_choices(lang: str) -> list[tuple[str, str]]:
     return [(t("lib.all_bases", lang), ALL)] + [(b, b) for b in library.base_models()]
 
@@ -56,14 +68,16 @@ def memory_text(detail, lang: str) -> str:
              device=measured.get("mem_device", ""))
 
 
-def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
+def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> SimpleNamespace:
+    """The tab; what app.py wires to the Chat tab: pick/to_chat, export_pick/export_chat, on_open."""
     c = SimpleNamespace()
     _layout_listing(c, tr, lang)
     _layout_manage(c, tr, lang)
     _layout_import(c, tr, lang)
     _layout_merge(c, tr, lang)
     _layout_mix(c, tr, lang)
-    listing = [c.table, c.pick, c.mix_pick, c.base_filter]
+    _layout_exports(c, tr, lang)
+    listing = [c.table, c.pick, c.mix_pick, c.base_filter, c.exports, c.export_pick]
     tail = [c.base_filter, c.pick, lang_state]          # what every action reads to redraw the listing
     out = [c.message] + listing
     c.refresh.click(refresh_all, tail, listing)
@@ -74,10 +88,11 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     c.import_btn.click(guarded(do_import), [c.upload, c.folder, c.import_base, c.import_name] + tail, out)
     c.mix_btn.click(guarded(do_mix), [c.mix_pick, c.weights, c.combination, c.density, c.mix_name] + tail, out)
     c.combination.change(lambda v: gr.update(info=COMBINATION_HELP.get(v, "")), c.combination, c.combination)
-    c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype, lang_state], c.message)
+    c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype] + tail, out)
     c.zip_prepare.click(do_zip, [c.pick, lang_state], [c.zip_button, c.message])
-    on_open = (opened, tail, listing + [c.curve, c.memory, c.config, c.zip_button])
-    return c.pick, c.to_chat, on_open
+    c.export_delete.click(on_delete_export, [c.export_pick, c.export_confirm] + tail, out + [c.export_confirm])
+    c.on_open = (opened, tail, listing + [c.curve, c.memory, c.config, c.zip_button])
+    return c
 
 
 def _layout_listing(c, tr: Translator, lang: str) -> None:
@@ -159,13 +174,31 @@ def _layout_mix(c, tr: Translator, lang: str) -> None:
             c.mix_btn = tr.add(gr.Button(t("lib.mix_go", lang), scale=1), "lib.mix_go", "value")
 
 
+def _layout_exports(c, tr: Translator, lang: str) -> None:
+    with tr.add(gr.Accordion(t("lib.exports", lang), open=False, elem_id="lib-exports"), "lib.exports"):
+        c.exports = tr.add(gr.Dataframe(value=exports_table(lang), interactive=False, show_label=False,
+                                        elem_id="lib-exports-table"), "lib.exports")
+        with gr.Row():
+            c.export_pick = tr.add(gr.Dropdown(choices=[e.name for e in exports.list_exports()], value=None,
+                                               label=t("lib.export_pick", lang), scale=3, elem_id="lib-export-pick"),
+                                   "lib.export_pick")
+            c.export_chat = tr.add(gr.Button(t("lib.chat", lang), scale=1, elem_id="lib-export-chat"), "lib.chat",
+                                   "value")
+            c.export_confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1,
+                                                  elem_id="lib-export-confirm"), "lib.confirm")
+            c.export_delete = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1,
+                                               elem_id="lib-export-delete"), "lib.delete", "value")
+
+
 def refresh_all(base, selected, lang, first_if_gone=True):
-    """The table, the pick (kept if still listed), the mix choices and the base filter, redrawn."""
+    """The table, the pick (kept if still listed), the mix choices, the base filter and the merged
+    models, redrawn."""
     opts = choices(base)
     ids = [v for _, v in opts]
     selected = selected if selected in ids else (ids[0] if ids and first_if_gone else None)
     return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
-            gr.update(choices=base_choices(lang)))
+            gr.update(choices=base_choices(lang)), exports_table(lang),
+            gr.update(choices=[e.name for e in exports.list_exports()]))
 
 
 def opened(base, selected, lang):
@@ -182,7 +215,7 @@ def show(ref, lang):
     try:
         d = library.detail(ref)
     except WorkbenchError as e:
-        return None, t("error", lang, error=str(e)), "", hidden
+        return None, failed(e, lang, FIELDS), "", hidden
     cfg = d.run_config or d.adapter_config
     return (run_figure(d.metrics, lang) if d.metrics else None, memory_text(d, lang),
             json.dumps(cfg, indent=2, ensure_ascii=False, default=str), hidden)
@@ -195,7 +228,7 @@ def guarded(fn):
         try:
             text = fn(*rest, lang)
         except WorkbenchError as e:
-            return (t("error", lang, error=str(e)),) + refresh_all(base, selected, lang)
+            return (failed(e, lang, FIELDS),) + refresh_all(base, selected, lang)
         return (text,) + refresh_all(base, selected, lang)
     return handler
 
@@ -214,7 +247,7 @@ def on_delete(ref, sure, base, selected, lang):
         library.delete(ref)
         text = t("lib.deleted", lang, name=name)
     except WorkbenchError as e:
-        text = t("error", lang, error=str(e))
+        text = failed(e, lang, FIELDS)
     return (text,) + refresh_all(base, None, lang, first_if_gone=False) + (False,)
 
 
@@ -236,17 +269,56 @@ def do_mix(ids, text, comb, dens, name, lang):
     return t("lib.mixed", lang, name=name.strip())
 
 
-def do_merge(ref, name, dtype, lang, progress=gr.Progress()):
-    if not ref:
-        return t("lib.none", lang)
+def do_merge(ref, name, dtype, base, selected, lang, progress=gr.Progress()):
+    """Not `guarded`: gradio finds the progress bar among the handler's own parameters."""
+    text = t("lib.none", lang) if not ref else merged(ref, name, dtype, lang, progress)
+    return (text,) + refresh_all(base, selected, lang)
+
+
+def merged(ref, name, dtype, lang, progress) -> str:
     out = name.strip() or f"{library.get(ref).name}-merged"
     try:     # in a child process: the full model it loads must never take the UI down
         check_request(ref, out, dtype)          # refused at once, before a child starts
         path = run_core_command(["merge", "--adapter", ref, "--out", out, "--dtype", dtype],
                                 progress=lambda frac, msg: progress(frac, desc=msg))
     except WorkbenchError as e:
-        return t("error", lang, error=str(e))
+        return failed(e, lang, MERGE_FIELDS)
     return t("lib.merged", lang, path=path)
+
+
+def on_delete_export(name, sure, base, selected, lang):
+    """As an adapter's Delete: confirmed first, and nothing is picked afterwards."""
+    if not name or not sure:
+        text = t("lib.confirm_first" if name else "lib.no_export", lang)
+        return (text,) + refresh_all(base, selected, lang) + (gr.update(),)
+    try:
+        exports.delete(name)
+        text = t("lib.deleted", lang, name=f"exports/{name}")
+    except WorkbenchError as e:
+        text = failed(e, lang, FIELDS)
+    listing = refresh_all(base, selected, lang)
+    return (text,) + listing[:-1] + (gr.update(choices=listing[-1]["choices"], value=None), False)
+
+
+def open_in_chat(ref, lang):
+    """Library 'Chat with it': the picked adapter on its base, or a full model as the base."""
+    return _open(library.get, ref, "lib.none", lang)
+
+
+def open_export_in_chat(name, lang):
+    return _open(exports.get, name, "lib.no_export", lang)
+
+
+def _open(find, ref, none_key, lang):
+    if not ref:
+        gr.Warning(t(none_key, lang))
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        target = find(ref)
+    except WorkbenchError as e:          # deleted since the list was shown
+        gr.Warning(failed(e, lang, FIELDS))
+        return gr.skip(), gr.skip(), gr.skip()
+    return chat_tab.open_on(target, lang)
 
 
 def do_zip(ref, lang):
@@ -255,4 +327,4 @@ def do_zip(ref, lang):
     try:
         return gr.update(value=str(export_zip(ref)), visible=True), ""
     except WorkbenchError as e:
-        return gr.update(value=None, visible=False), t("error", lang, error=str(e))
+        return gr.update(value=None, visible=False), failed(e, lang, FIELDS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import time
 import uuid
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -14,9 +15,10 @@ from core import chat_choices, jobs, runview
 from core.errors import WorkbenchError
 from webui import chat_tab
 from webui.charts import compare_figure, run_figure
-from webui.i18n import Translator, t
+from webui.i18n import Translator, failed, t
 
 POLL_S = 1.0
+RUN_FIELDS = {"run": "runs.select"}          # the field names core raises with, to the labels shown
 
 
 def table(lang: str) -> pd.DataFrame:
@@ -68,71 +70,83 @@ def run_choices() -> list[tuple[str, str]]:
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
-    runs_table = tr.add(gr.Dataframe(value=table(lang), interactive=False, label=t("runs.list", lang),
-                                     elem_id="runs-table", wrap=True), "runs.list")
-    with gr.Row():
-        # No value at build: the first tick picks the newest run of that moment, not of the server's start.
-        run_select = tr.add(gr.Dropdown(choices=run_choices(), value=None, label=t("runs.select", lang), scale=4,
-                                        elem_id="run-select"), "runs.select")
-    with gr.Row():
-        buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", min_width=90, elem_id=f"run-{key}"),
-                               f"runs.{key}", "value")
-                   for key in ("stop", "resume", "rerun", "clone", "chat", "remove", "up", "down")}
-    delete_files = tr.add(gr.Checkbox(False, label=t("runs.delete_files", lang), elem_id="run-delete-files"),
-                          "runs.delete_files")
-    buttons["delete_files"] = delete_files
-    action_msg = gr.Markdown(elem_id="runs-message")
-    progress = gr.HTML(elem_id="run-progress-box")
-    chart = gr.Plot(elem_id="run-chart", show_label=False)
-    log = tr.add(gr.Textbox(label=t("runs.log", lang), lines=10, max_lines=10, autoscroll=True, elem_id="run-log"),
-                 "runs.log")
-    with tr.add(gr.Accordion(t("runs.compare", lang), open=False), "runs.compare"):
-        compare_pick = tr.add(gr.Dropdown(choices=run_choices(), multiselect=True, label=t("runs.compare_pick", lang),
-                                          elem_id="compare-pick"), "runs.compare_pick")
-        compare_chart = gr.Plot(show_label=False)
-        differences = tr.add(gr.Dataframe(interactive=False, label=t("runs.differences", lang)), "runs.differences")
+    c = SimpleNamespace()
+    _layout_runs(c, tr, lang)
+    _layout_compare(c, tr, lang)
     timer = gr.Timer(POLL_S)
     seen = gr.State({})
+    shown = [c.run_select, c.table, c.delete_files, c.progress, c.chart, c.log, seen]
+    timer.tick(refresh, [c.run_select, lang_state, seen], shown, show_progress="hidden")
+    c.run_select.input(refresh, [c.run_select, lang_state, gr.State({})], shown, show_progress="hidden")
+    c.run_select.input(lambda: False, None, c.delete_files)
+    c.compare_pick.change(compare, [c.compare_pick, lang_state], [c.compare_chart, c.differences])
+    c.compare_pick.focus(lambda: gr.update(choices=run_choices()), None, c.compare_pick)
+    return c.run_select, c.buttons, c.action_msg
 
-    def refresh(selected, lang, seen_state):
-        """Redraw what changed since the last tick: the table always, the chart only on new metrics.
-        The pick is set only when the picked run has left the list (the next is picked and the delete
-        box cleared): a tick sent before the user picked another run must not undo that pick."""
-        choices = run_choices()
-        ids = [v for _, v in choices]
-        # Choices are sent only when they changed: each update would undo what the user types to filter.
-        listed = [list(c) for c in choices]
-        pick, clear = (gr.skip() if seen_state.get("choices") == listed else gr.update(choices=choices)), gr.skip()
-        if selected not in ids:
-            selected, clear = (ids[0] if ids else None), False
-            pick = gr.update(choices=choices, value=selected)
-        outputs = [pick, table(lang), clear]
-        if selected is None:
-            return outputs + [t("runs.no_run", lang), gr.skip(), "", {"choices": listed}]
-        job = jobs.get(selected)
-        run = job.dir
-        stamp = (selected, lang, _mtime(run.metrics), job.state)
-        fig = gr.skip() if seen_state.get("chart") == stamp else run_figure(run.read_metrics(), lang)
-        return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp, "choices": listed}]
 
-    shown = [run_select, runs_table, delete_files, progress, chart, log, seen]
-    timer.tick(refresh, [run_select, lang_state, seen], shown, show_progress="hidden")
-    run_select.input(refresh, [run_select, lang_state, gr.State({})], shown, show_progress="hidden")
-    run_select.input(lambda: False, None, delete_files)
+def _layout_runs(c, tr: Translator, lang: str) -> None:
+    """The table, the pick and its actions, then the picked run's progress, chart and log."""
+    c.table = tr.add(gr.Dataframe(value=table(lang), interactive=False, label=t("runs.list", lang),
+                                  elem_id="runs-table", wrap=True), "runs.list")
+    with gr.Row():
+        # No value at build: the first tick picks the newest run of that moment, not of the server's start.
+        c.run_select = tr.add(gr.Dropdown(choices=run_choices(), value=None, label=t("runs.select", lang), scale=4,
+                                          elem_id="run-select"), "runs.select")
+    with gr.Row():
+        c.buttons = {key: tr.add(gr.Button(t(f"runs.{key}", lang), size="sm", min_width=90, elem_id=f"run-{key}"),
+                                 f"runs.{key}", "value")
+                     for key in ("stop", "resume", "rerun", "clone", "chat", "remove", "up", "down")}
+    c.delete_files = tr.add(gr.Checkbox(False, label=t("runs.delete_files", lang), elem_id="run-delete-files"),
+                            "runs.delete_files")
+    c.buttons["delete_files"] = c.delete_files
+    c.action_msg = gr.Markdown(elem_id="runs-message")
+    c.progress = gr.HTML(elem_id="run-progress-box")
+    c.chart = gr.Plot(elem_id="run-chart", show_label=False)
+    c.log = tr.add(gr.Textbox(label=t("runs.log", lang), lines=10, max_lines=10, autoscroll=True, elem_id="run-log"),
+                   "runs.log")
 
-    def compare(ids, lang):
-        if not ids:
-            return None, pd.DataFrame()
-        jobs_by_id = {i: jobs.get(i) for i in ids}
-        names = runview.run_labels(jobs_by_id)
-        curves = {names[i]: j.dir.read_metrics() for i, j in jobs_by_id.items()}
-        diffs = runview.differing_settings({names[i]: j.dir.read_config() for i, j in jobs_by_id.items()})
-        frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()], columns=["setting", *curves.keys()])
-        return compare_figure(curves, lang), frame
 
-    compare_pick.change(compare, [compare_pick, lang_state], [compare_chart, differences])
-    compare_pick.focus(lambda: gr.update(choices=run_choices()), None, compare_pick)
-    return run_select, buttons, action_msg
+def _layout_compare(c, tr: Translator, lang: str) -> None:
+    with tr.add(gr.Accordion(t("runs.compare", lang), open=False), "runs.compare"):
+        c.compare_pick = tr.add(gr.Dropdown(choices=run_choices(), multiselect=True,
+                                            label=t("runs.compare_pick", lang), elem_id="compare-pick"),
+                                "runs.compare_pick")
+        c.compare_chart = gr.Plot(show_label=False)
+        c.differences = tr.add(gr.Dataframe(interactive=False, label=t("runs.differences", lang)),
+                               "runs.differences")
+
+
+def refresh(selected, lang, seen_state):
+    """Redraw what changed since the last tick: the table always, the chart only on new metrics.
+    The pick is set only when the picked run has left the list (the next is picked and the delete
+    box cleared): a tick sent before the user picked another run must not undo that pick."""
+    choices = run_choices()
+    ids = [v for _, v in choices]
+    # Choices are sent only when they changed: each update would undo what the user types to filter.
+    listed = [list(c) for c in choices]
+    pick, clear = (gr.skip() if seen_state.get("choices") == listed else gr.update(choices=choices)), gr.skip()
+    if selected not in ids:
+        selected, clear = (ids[0] if ids else None), False
+        pick = gr.update(choices=choices, value=selected)
+    outputs = [pick, table(lang), clear]
+    if selected is None:
+        return outputs + [t("runs.no_run", lang), gr.skip(), "", {"choices": listed}]
+    job = jobs.get(selected)
+    run = job.dir
+    stamp = (selected, lang, _mtime(run.metrics), job.state)
+    fig = gr.skip() if seen_state.get("chart") == stamp else run_figure(run.read_metrics(), lang)
+    return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp, "choices": listed}]
+
+
+def compare(ids, lang):
+    if not ids:
+        return None, pd.DataFrame()
+    jobs_by_id = {i: jobs.get(i) for i in ids}
+    names = runview.run_labels(jobs_by_id)
+    curves = {names[i]: j.dir.read_metrics() for i, j in jobs_by_id.items()}
+    diffs = runview.differing_settings({names[i]: j.dir.read_config() for i, j in jobs_by_id.items()})
+    frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()], columns=["setting", *curves.keys()])
+    return compare_figure(curves, lang), frame
 
 
 def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
@@ -144,7 +158,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             try:
                 result = fn(run_id)
             except WorkbenchError as e:
-                return t("error", lang, error=str(e))
+                return failed(e, lang, RUN_FIELDS)
             shown = result.id if isinstance(result, jobs.Job) else run_id
             return t("runs.done", lang, what=t(f"runs.{label}", lang), id=shown)
         return handler
@@ -159,7 +173,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
         try:
             job = jobs.stop(run_id)
         except WorkbenchError as e:
-            return t("error", lang, error=str(e))
+            return failed(e, lang, RUN_FIELDS)
         return t("runs.left_queue" if job.state == "stopped" else "runs.stop_asked", lang, id=run_id)
 
     buttons["stop"].click(stop, [run_select, lang_state], action_msg)
@@ -172,7 +186,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             job = jobs.get(run_id)
             outcome = jobs.remove(run_id, delete_files=delete_files)
         except WorkbenchError as e:
-            return t("error", lang, error=str(e)), False
+            return failed(e, lang, RUN_FIELDS), False
         return t(f"runs.removed_{outcome}", lang, id=run_id, path=job.run_dir), False
 
     buttons["remove"].click(remove, [run_select, buttons["delete_files"], lang_state],
@@ -194,7 +208,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
         try:
             cfg = jobs.config_of(run_id)
         except WorkbenchError as e:
-            return unchanged + [gr.skip(), t("error", lang, error=str(e)), gr.skip()]
+            return unchanged + [gr.skip(), failed(e, lang, RUN_FIELDS), gr.skip()]
         return train_tab.fill(cfg) + [t("runs.cloned", lang, id=run_id), "", gr.Tabs(selected="train")]
 
     buttons["clone"].click(clone, [run_select, lang_state],
@@ -202,20 +216,25 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
 
 
 def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_adapter):
-    """Chat with it: the run's adapter (or its full model) opens in the Chat tab."""
+    """Chat with it: the run's adapter (or its full model) opens in the Chat tab; for a run that
+    stopped or failed before its end, its newest checkpoint."""
     def open_chat(run_id, lang):
         unchanged = [gr.skip()] * 3
         if not run_id:
             return [t("runs.no_run", lang)] + unchanged
         try:
             job = jobs.get(run_id)
-            info = chat_choices.trained_in(job.run_dir)
+            target = chat_choices.of_run(job)
         except WorkbenchError as e:
-            return [t("error", lang, error=str(e))] + unchanged
-        if info is None:
+            return [failed(e, lang, RUN_FIELDS)] + unchanged
+        state = t(f"state.{job.state}", lang)
+        if isinstance(target, chat_choices.Checkpoint):
+            return [t("runs.chat_checkpoint", lang, id=run_id, step=target.step, state=state),
+                    *chat_tab.open_on(target, lang)]
+        if target is None:
             key = "runs.adapter_deleted" if job.state == "completed" else "runs.nothing_to_chat"
-            return [t(key, lang, id=run_id, state=t(f"state.{job.state}", lang))] + unchanged
-        return ["", *chat_tab.open_on(info, lang)]
+            return [t(key, lang, id=run_id, state=state)] + unchanged
+        return ["", *chat_tab.open_on(target, lang)]
 
     button.click(open_chat, [run_select, lang_state], [action_msg, tabs, chat_base, chat_adapter])
 

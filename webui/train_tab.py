@@ -172,7 +172,9 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                                       "train.download_yaml")
     tab = TrainTab(form, datasets, ratios, groups, message, preview)
     nonce = gr.State(lambda: uuid.uuid4().hex)
-    _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download)
+    _wire_form(tab, lang_state, preset, download)
+    _wire_start(tab, lang_state, start, nonce)
+    _wire_files(tab, lang_state, preset, preset_name, save_preset, load_yaml)
     _wire_memory(tab, panel, lang_state)
     # Datasets saved since the page was drawn (the Train tab opens first, so no tab switch refreshes it).
     datasets.focus(lambda chosen: gr.update(choices=dataset_choices(list(chosen or []))), datasets, datasets,
@@ -224,7 +226,8 @@ def _refresh_models(tab: TrainTab) -> None:
     model.focus(lambda: gr.update(choices=model_choices()), None, model, show_progress="hidden")
 
 
-def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, load_yaml, download):
+def _wire_form(tab: TrainTab, lang_state, preset, download) -> None:
+    """A preset fills the form; the method shows its groups; every change redraws the preview."""
     def on_preset(name, lang):
         try:
             return tab.fill(presets.load(name)) + [""]
@@ -256,6 +259,8 @@ def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, l
     gr.on([c.change for c in tab.inputs], on_change, [lang_state] + tab.inputs, [tab.preview, download],
           show_progress="hidden", trigger_mode="always_last")
 
+
+def _wire_start(tab: TrainTab, lang_state, start, nonce) -> None:
     def on_start(lang, key, last, *values):
         """Clicks queue one after another; one that repeats the tab's last start within
         REPEAT_WINDOW_S (an impatient second or third click) is answered with that run."""
@@ -278,6 +283,9 @@ def _wire(tab, tr, lang_state, preset, preset_name, save_preset, start, nonce, l
     start.click(on_start, [lang_state, nonce, last_start] + tab.inputs, [tab.message, nonce, last_start],
                 concurrency_limit=1)
 
+
+def _wire_files(tab: TrainTab, lang_state, preset, preset_name, save_preset, load_yaml) -> None:
+    """Save the form as a preset; load a config.yaml into it."""
     def on_save(name, lang, *values):
         try:
             presets.save(name, config_from_inputs(tab, list(values)))
