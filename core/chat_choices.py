@@ -16,6 +16,9 @@ from core.errors import WorkbenchError
 class Base:
     label: str
     value: str          # what the chat loads: a model id or a folder
+    kind: str = ""      # "" a model by its id; "library", "checkpoint" or "merged": a folder, by `name`
+    name: str = ""
+    note: str = ""      # a library model's method; a checkpoint's step
 
 
 Entries = list[library.AdapterInfo]
@@ -29,9 +32,11 @@ def bases(entries: Entries | None = None, checkpoints: list[Checkpoint] = ()) ->
     found = [Base(EMBEDDED_MODEL, EMBEDDED_MODEL)]
     found += [Base(b, b) for b in sorted({a.base_model for a in entries if a.base_model}
                                           | {c.base_model for c in checkpoints if c.is_adapter})]
-    found += [Base(f"{a.name} · {a.method} · library", a.path) for a in entries if a.kind == "model"]
-    found += [Base(c.label, str(c.path)) for c in checkpoints if not c.is_adapter]
-    found += [Base(f"{p.name} · merged · exports", str(p)) for p in exports.folders()]
+    found += [Base(f"{a.name} · {a.method} · library", a.path, "library", a.name, a.method)
+              for a in entries if a.kind == "model"]
+    found += [Base(c.label, str(c.path), "checkpoint", c.run_name, str(c.step)) for c in checkpoints
+              if not c.is_adapter]
+    found += [Base(f"{p.name} · merged · exports", str(p), "merged", p.name) for p in exports.folders()]
     seen, unique = set(), []
     for base in found:
         if base.value not in seen and path_policy.allows(base.value):
@@ -103,13 +108,25 @@ def _checkpoint(value: str) -> Checkpoint:
     m = re.fullmatch(re.escape(CHECKPOINT) + r"([^/]+)/(\d+)", value)
     if m is None:
         raise WorkbenchError(f"'{value}' does not name a run's checkpoint", field="adapter")
-    job = jobs.get(m.group(1))
+    try:
+        job = jobs.get(m.group(1))
+    except WorkbenchError:
+        raise WorkbenchError(f"the run of this checkpoint, '{m.group(1)}', was removed from the Runs list",
+                             field="adapter") from None
     path = job.dir.checkpoints / f"checkpoint-{int(m.group(2))}"
     if not (path / "adapter_config.json").is_file():
         raise WorkbenchError(f"run '{job.id}' no longer has its checkpoint of step {m.group(2)}; "
                              "it was resumed past it or deleted", field="adapter")
     path_policy.check(str(path), field="adapter")
     return Checkpoint(job.id, job.name or job.id, int(m.group(2)), path.absolute(), job.model, True)
+
+
+def checkpoint_named(value: str) -> Checkpoint | None:
+    """The checkpoint an adapter pick names, if it names one that is still there."""
+    try:
+        return _checkpoint(value) if value.startswith(CHECKPOINT) else None
+    except WorkbenchError:
+        return None
 
 
 def adapter_path(value: str) -> Path | None:

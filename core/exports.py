@@ -46,8 +46,15 @@ def _export(path: Path) -> Export:
     meta = meta if isinstance(meta, dict) else {}
     text = lambda key: meta[key] if isinstance(meta.get(key), str) else ""
     return Export(name=path.name, path=str(path), base_model=text("base_model"),
-                  adapter=text("adapter_name") or Path(text("adapter")).name, size=library.human_size(library.folder_size(path)),
+                  adapter=text("adapter_name") or _folder_name(text("adapter")), size=library.human_size(library.folder_size(path)),
                   created=text("created").replace("T", " ")[:16])
+
+
+def _folder_name(adapter: str) -> str:
+    """An export made before the adapter's name was recorded: a trained run's adapter folder is named
+    'adapter' (or 'model'), so its run folder names it."""
+    path = Path(adapter)
+    return path.parent.name if path.name in ("adapter", "model") else path.name
 
 
 def get(name: str) -> Export:

@@ -79,7 +79,8 @@ def validate_name(name: str, *, field: str = "name") -> str:
     """A library name doubles as a folder name, so it can never leave its folder."""
     name = (name or "").strip()
     if not NAME_RE.match(name) or ".." in name:
-        raise ConfigError(f"'{name}' is not a valid name: use 1-64 letters, digits, '.', '_' or '-', "
+        shown = name if len(name) <= 40 else f"{name[:40]}…"
+        raise ConfigError(f"'{shown}' is not a valid name: use 1-64 letters, digits, '.', '_' or '-', "
                           f"starting with a letter or digit", field=field)
     return name
 

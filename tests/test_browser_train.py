@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from browser import browser, open_page, open_tab, pick, serve, shot
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.browser
 
@@ -147,7 +147,7 @@ def test_deleting_an_adapter_twice_deletes_nothing_else(page):
     page.locator("#lib-import-folder textarea, #lib-import-folder input").first.fill(str(adapter))
     page.locator("#lib-import-name textarea, #lib-import-name input").first.fill("other")
     page.locator("#lib-import-go").click()
-    page.wait_for_selector("#lib-message >> text=Imported")
+    page.wait_for_selector("#lib-import-message >> text=Imported")
     pick(page, "lib-pick", "twice")
     page.locator("#lib-manage").get_by_text("Rename or delete").click()
     page.locator("#lib-confirm input").check()
@@ -167,11 +167,11 @@ def test_merge_exports_from_a_child_process_and_a_refusal_reads_as_the_cli_says_
     page.locator("#lib-merge").get_by_text("Merge into the base model and export").click()
     page.locator("#lib-merge-name textarea, #lib-merge-name input").first.fill("merged-ui")
     page.locator("#lib-merge-go").click()
-    page.wait_for_selector("#lib-message >> text=Exported a full model", timeout=120_000)
+    page.wait_for_selector("#lib-merge-message >> text=Exported a full model", timeout=120_000)
     assert (WORKSPACE["path"] / "exports" / "merged-ui" / "config.json").is_file()
     page.locator("#lib-merge-go").click()
-    page.wait_for_selector("#lib-message >> text=already exists", timeout=120_000)
-    assert "Traceback" not in page.locator("#lib-message").inner_text()
+    page.wait_for_selector("#lib-merge-message >> text=already exists", timeout=120_000)
+    assert "Traceback" not in page.locator("#lib-merge-message").inner_text()
 
 
 def test_a_finished_run_opens_in_chat_and_a_merged_export_is_a_base(page, tiny_model):
@@ -220,15 +220,36 @@ def test_a_merged_model_is_listed_opened_in_chat_and_deleted_in_the_library(page
     page.wait_for_function("() => document.querySelector('#chat-base input').value == 'merged-ui · merged · exports'")
     assert page.locator("#chat-adapter-a input").first.input_value().startswith("(no adapter")
     open_tab(page, "Library")
+    message = page.locator("#lib-export-message")          # in the section, where the button is
     page.locator("#lib-export-delete").click()
-    page.wait_for_selector("#lib-message >> text=Tick the confirmation box first")
+    message.get_by_text("Tick the confirmation box first").wait_for()
     assert export.is_dir()
     page.locator("#lib-export-confirm input").check()
     page.locator("#lib-export-delete").click()
-    page.wait_for_selector("#lib-message >> text=Deleted exports/merged-ui")
+    message.get_by_text("Deleted exports/merged-ui").wait_for()
     assert not export.exists() and "merged-ui" not in table.text_content()
     assert not page.locator("#lib-export-confirm input").is_checked()
     assert page.locator("#lib-export-pick input").first.input_value() == ""
+    page.locator("#lib-export-chat").click()
+    message.get_by_text("Pick a merged model first").wait_for()
+
+
+def test_a_merged_model_deleted_elsewhere_is_named_gone_not_a_page_error(page):
+    """The tab redraws its list on opening; the pick of a model deleted meanwhile stays, and says so."""
+    res = run_cli("--workspace", WORKSPACE["path"], "merge", "--adapter", "other", "--out", "merged-cli")
+    assert res.returncode == 0, res.stderr
+    page.locator("#lib-refresh").click()
+    page.wait_for_function("() => document.querySelector('#lib-exports-table').textContent.includes('merged-cli')")
+    pick(page, "lib-export-pick", "merged-cli")
+    res = run_cli("--workspace", WORKSPACE["path"], "library", "delete-export", "merged-cli", "--yes")
+    assert res.returncode == 0, res.stderr
+    open_tab(page, "Runs")
+    open_tab(page, "Library")
+    page.wait_for_function("() => !document.querySelector('#lib-exports-table').textContent.includes('merged-cli')")
+    page.locator("#lib-export-chat").click()
+    page.locator("#lib-export-message").get_by_text("no merged model 'merged-cli'").wait_for()
+    assert "Merged model" in page.locator("#lib-export-message").inner_text()
+    assert page.locator(".toast-body").count() == 0
 
 
 def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
@@ -298,3 +319,12 @@ def test_stop_and_resume_from_the_runs_tab(page, tiny_model):
     page.locator("#run-resume").click()
     page.wait_for_selector("#run-progress[data-state='completed'] >> text=stopper", timeout=300_000)
     assert page.locator("#run-progress").get_attribute("data-step") == "120"
+    open_tab(page, "Chat")               # the resumed run's checkpoint is no longer listed, but stays picked
+    before = page.locator("#chat-a").inner_text()
+    page.locator("#chat-prompt textarea").fill("Again")
+    page.locator("#chat-send").click()
+    page.wait_for_function("before => { const s = document.querySelector('#chat-a').innerText;"
+                           " return s !== before && s.includes('Again'); }", arg=before, timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('#chat-a .generating')", timeout=120_000)
+    assert "Error" not in page.locator("#chat-status").inner_text() and page.locator(".toast-body").count() == 0
+    assert page.locator("#chat-adapter-a input").first.input_value() == f"stopper · step {stopped_at} · checkpoint"

@@ -131,3 +131,18 @@ def test_one_shot_chat_takes_the_bases_tokenizer_for_an_adapter_that_ships_none(
     for name in (*TOKENIZER_FILES, "special_tokens_map.json", "chat_template.jinja"):
         (plain / name).unlink(missing_ok=True)
     assert one_shot(plain, "Who are you?", max_new_tokens=8) == one_shot(adapters[0], "Who are you?", max_new_tokens=8)
+
+
+def test_a_column_whose_adapter_is_gone_is_named_before_either_column_answers(workspace, tiny_model):
+    """Side by side, B's checkpoint belongs to a run removed from the list: the message names B's box,
+    neither column takes the turn, and the question is not taken from the box."""
+    from types import SimpleNamespace
+
+    from webui.chat_tab import respond
+
+    replies = list(respond("Hi", [], [], str(tiny_model), "", "checkpoint:gone-run/4", True, "", 0, 0.95, 50, 8,
+                           1.0, "en", SimpleNamespace(session_hash="s")))
+    assert len(replies) == 1
+    hist_a, hist_b, _, _, status, prompt = replies[0]
+    assert hist_a == [] and hist_b == [] and status.startswith("Error: **Compare with**: the run of this checkpoint")
+    assert not isinstance(prompt, str)          # gr.skip(): the box keeps the question

@@ -100,10 +100,16 @@ def test_a_stopped_run_offers_its_newest_checkpoint_to_chat(tiny_model, workspac
     assert str(tiny_model) in [b.value for b in chat_choices.bases([], [ckpt])]
     with pytest.raises(WorkbenchError, match="no longer has its checkpoint of step 999"):
         chat_choices.adapter_path(f"checkpoint:{job.id}/999")
-    with pytest.raises(WorkbenchError, match="no run 'gone'"):
+    with pytest.raises(WorkbenchError, match="'gone', was removed from the Runs list"):
         chat_choices.adapter_path("checkpoint:gone/1")
     with pytest.raises(WorkbenchError, match="or a run that left an adapter or a checkpoint"):
         one_shot("gone", "Hi")
+    from webui.chat_tab import adapter_choices
+    jobs.resume(job.id)                  # queued again: no longer listed, yet a column that picked it keeps it
+    assert chat_choices.checkpoints() == []
+    assert (ckpt.label, ckpt.value) in adapter_choices("en", keep=(ckpt.value, ""))
+    assert (f"{ckpt.run_name} · 第 {ckpt.step} 步 · 检查点", ckpt.value) in adapter_choices("zh", keep=(ckpt.value,))
+    assert ckpt.value not in [v for _, v in adapter_choices("en")]
 
 
 def test_killed_worker_is_marked_failed_within_seconds(tiny_model, workspace):

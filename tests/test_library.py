@@ -211,6 +211,8 @@ def test_merge_refuses_bad_requests_before_writing(ws):
         merge("general", "taken")
     with pytest.raises(ConfigError, match="not a valid name"):
         merge("general", "../escape")
+    with pytest.raises(ConfigError, match="^field 'name': 'x{40}…' is not a valid name"):
+        merge("general", "x" * 300)
     with pytest.raises(ModelError, match="full model already"):
         merge("fulltune", "x")
     with pytest.raises(ConfigError, match="'0GB' is not a size"):
@@ -229,6 +231,10 @@ def test_merged_models_are_listed_opened_in_chat_and_deleted_by_name_only(ws, cl
     assert set(found) == {"kept", "gone"}
     assert found["kept"].adapter == "identity" and found["kept"].base_model == library.get("identity").base_model
     assert found["kept"].size.endswith("B") and found["kept"].created[:2] == "20"
+    meta = json.loads((ws / "exports" / "kept" / "workbench.json").read_text())
+    del meta["adapter_name"]                  # as merges wrote it before the name was recorded
+    (ws / "exports" / "kept" / "workbench.json").write_text(json.dumps(meta))
+    assert exports.get("kept").adapter == "identity"          # runs/identity/adapter: the run names it
     assert chat_choices.opening(exports.get("kept")) == (str(ws / "exports" / "kept"), "")
     outside = ws.parent / "outside-model"
     outside.mkdir()

@@ -36,15 +36,16 @@ def build(lang: str = "en") -> gr.Blocks:
             with tr.add(gr.Tab(t("tab.library", lang), id="library", elem_id="tab-library"), "tab.library") as lib:
                 lib_ui = library_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.chat", lang), id="chat", elem_id="tab-chat"), "tab.chat") as chat:
-                chat_base, chat_adapter, chat_load = chat_tab.build(tr, lang_state, lang)
+                chat_base, chat_adapter, chat_load, chat_select = chat_tab.build(tr, lang_state, lang)
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
         lib.select(*lib_ui.on_open)
         data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
-        chat.select(chat_tab.refreshed_choices, lang_state, [chat_base, chat_adapter])
+        chat.select(*chat_select)
 
         chat_picks = [tabs, chat_base, chat_adapter]
-        lib_ui.to_chat.click(library_tab.open_in_chat, [lib_ui.pick, lang_state], chat_picks)
-        lib_ui.export_chat.click(library_tab.open_export_in_chat, [lib_ui.export_pick, lang_state], chat_picks)
+        lib_ui.to_chat.click(library_tab.open_in_chat, [lib_ui.pick, lang_state], [lib_ui.message] + chat_picks)
+        lib_ui.export_chat.click(library_tab.open_export_in_chat, [lib_ui.export_pick, lang_state],
+                                 [lib_ui.export_message] + chat_picks)
         runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, tabs, chat_base, chat_adapter)
 
         def use_dataset(name, chosen):

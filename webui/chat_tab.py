@@ -17,8 +17,7 @@ SERVICE = ChatService()
 NO_ADAPTER = ""
 _stops: dict[str, threading.Event] = {}
 # The field names core raises with, to the labels shown.
-CHAT_FIELDS = {"adapter": "chat.adapter_a", "model": "chat.base", "base_model": "chat.base",
-               "max_new_tokens": "chat.max_new"}
+CHAT_FIELDS = {"model": "chat.base", "base_model": "chat.base", "max_new_tokens": "chat.max_new"}
 
 
 def listing() -> tuple[list[library.AdapterInfo], list[chat_choices.Checkpoint]]:
@@ -26,22 +25,34 @@ def listing() -> tuple[list[library.AdapterInfo], list[chat_choices.Checkpoint]]
     return library.list_adapters(), chat_choices.checkpoints()
 
 
-def adapter_choices(lang: str, found=None) -> list[tuple[str, str]]:
+def adapter_choices(lang: str, found=None, keep=()) -> list[tuple[str, str]]:
+    """No adapter, the library's adapters, then the runs' checkpoints. `keep`: picks to keep listed
+    though the listing lost them (a run resumed since): a value missing from the choices would be
+    refused before any handler could say what is wrong."""
     entries, ckpts = found or listing()
-    return ([(t("chat.no_adapter", lang), NO_ADAPTER)]
-            + [(f"{a.name} · {a.base_model.rsplit('/', 1)[-1]}", a.id) for a in chat_choices.adapters(entries)]
-            + [(c.label, c.value) for c in ckpts if c.is_adapter])
+    shown = ([(t("chat.no_adapter", lang), NO_ADAPTER)]
+             + [(f"{a.name} · {a.base_model.rsplit('/', 1)[-1]}", a.id) for a in chat_choices.adapters(entries)]
+             + [(checkpoint_label(c, lang), c.value) for c in ckpts if c.is_adapter])
+    values = {v for _, v in shown}
+    kept = [(v, chat_choices.checkpoint_named(v)) for v in dict.fromkeys(keep) if v and v not in values]
+    return shown + [(checkpoint_label(c, lang) if c else v, v) for v, c in kept]
 
 
-def base_choices(found=None) -> list[tuple[str, str]]:
+def checkpoint_label(c: chat_choices.Checkpoint, lang: str) -> str:
+    return t("chat.list.checkpoint", lang, name=c.run_name, note=c.step)
+
+
+def base_choices(lang: str, found=None) -> list[tuple[str, str]]:
     entries, ckpts = found or listing()
-    return [(b.label, b.value) for b in chat_choices.bases(entries, ckpts)]
+    return [(t(f"chat.list.{b.kind}", lang, name=b.name, note=b.note) if b.kind else b.label, b.value)
+            for b in chat_choices.bases(entries, ckpts)]
 
 
-def refreshed_choices(lang: str) -> tuple[dict, dict]:
-    """The base and adapter A lists redrawn from one listing; the picks stay."""
+def refreshed_choices(lang: str, a: str, b: str) -> tuple[dict, dict, dict]:
+    """The base and both adapter lists redrawn from one listing; the picks stay."""
     found = listing()
-    return gr.update(choices=base_choices(found)), gr.update(choices=adapter_choices(lang, found))
+    adapters = adapter_choices(lang, found, keep=(a, b))
+    return gr.update(choices=base_choices(lang, found)), gr.update(choices=adapters), gr.update(choices=adapters)
 
 
 def base_of(adapter_id: str) -> str | None:
@@ -62,7 +73,7 @@ def picks_for(target, lang: str) -> tuple[dict, dict]:
     none, on the newest adapter (what a visitor most likely just trained)."""
     found = listing()
     base, adapter = chat_choices.opening(target or chat_choices.newest_adapter(found[0]))
-    return (gr.update(choices=base_choices(found), value=base),
+    return (gr.update(choices=base_choices(lang, found), value=base),
             gr.update(choices=adapter_choices(lang, found), value=adapter))
 
 
@@ -80,25 +91,29 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     c.stop.click(on_stop, None, None, cancels=events)
     c.clear.click(lambda: ([], [], "", ""), None, [c.bot_a, c.bot_b, c.stats_a, c.stats_b])
     for adapter in (c.adapter_a, c.adapter_b):
-        adapter.focus(lambda lang: gr.update(choices=adapter_choices(lang)), lang_state, adapter)
-    c.base.focus(lambda: gr.update(choices=base_choices()), None, c.base)
+        adapter.focus(lambda lang, a, b: gr.update(choices=adapter_choices(lang, keep=(a, b))),
+                      [lang_state, c.adapter_a, c.adapter_b], adapter)
+    c.base.focus(lambda lang: gr.update(choices=base_choices(lang)), lang_state, c.base)
     on_load = (lambda lang: picks_for(None, lang), lang_state, [c.base, c.adapter_a])
-    return c.base, c.adapter_a, on_load
+    on_select = (refreshed_choices, [lang_state, c.adapter_a, c.adapter_b], [c.base, c.adapter_a, c.adapter_b])
+    return c.base, c.adapter_a, on_load, on_select
 
 
 def _layout_choices(c, tr: Translator, lang: str) -> None:
     """What answers: base, adapter A, and adapter B side by side; then the system prompt and sampling."""
     with gr.Row():
         # Values are set on each page load (on_load), not at build: the newest adapter is the one of that moment.
-        c.base = tr.add(gr.Dropdown(choices=base_choices(), value=EMBEDDED_MODEL, allow_custom_value=True,
+        c.base = tr.add(gr.Dropdown(choices=base_choices(lang), value=EMBEDDED_MODEL, allow_custom_value=True,
                                     label=t("chat.base", lang), info=t("chat.base_hint", lang), scale=2,
                                     elem_id="chat-base"), "chat.base", "labelinfo")
-        c.adapter_a = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER,
+        # Custom values pass: a pick whose entry went (resumed, deleted) reaches respond(), which says why.
+        c.adapter_a = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER, allow_custom_value=True,
                                          label=t("chat.adapter_a", lang), scale=2, elem_id="chat-adapter-a"),
                              "chat.adapter_a")
         c.side = tr.add(gr.Checkbox(label=t("chat.side_by_side", lang), value=False, scale=1,
                                     elem_id="chat-side"), "chat.side_by_side")
         c.adapter_b = tr.add(gr.Dropdown(choices=adapter_choices(lang), value=NO_ADAPTER, visible=False,
+                                         allow_custom_value=True,
                                          label=t("chat.adapter_b", lang), scale=2, elem_id="chat-adapter-b"),
                              "chat.adapter_b")
     c.system = tr.add(gr.Textbox(label=t("chat.system", lang), max_lines=3, elem_id="chat-system"), "chat.system")
@@ -137,9 +152,9 @@ def _layout_conversation(c, tr: Translator, lang: str) -> None:
 
 def on_adapter(adapter_id, adapter_b):
     """Adapter A brings its base; adapter B, if trained on another, gives way to the base alone."""
-    if not adapter_id:
-        return gr.skip(), gr.skip()
     base = base_of(adapter_id)
+    if base is None:                # none, or one gone since it was listed: the send says so
+        return gr.skip(), gr.skip()
     return gr.update(value=base), *on_base(base, adapter_b)
 
 
@@ -149,39 +164,48 @@ def on_base(base_name, *adapter_ids):
 
 
 def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, n, rep, lang, request: gr.Request):
-    """Stream the answer of column A, then of column B; Stop ends the one underway."""
+    """Stream the answer of column A, then of column B; Stop ends the one underway. A failure drops the
+    turn from both columns (they stay in step) and leaves the question in the box to retry."""
     if not text.strip():
         yield hist_a, hist_b, gr.skip(), gr.skip(), "", gr.skip()
         return
+    picks, paths = [a] + ([b] if two else []), []
+    for i, pick in enumerate(picks):          # each column's adapter found before either answers
+        try:
+            paths.append(chat_choices.adapter_path(pick))
+        except WorkbenchError as e:
+            yield hist_a, hist_b, gr.skip(), gr.skip(), failed(e, lang, column_fields(i)), gr.skip()
+            return
     stop_event = _stops.setdefault(request.session_hash, threading.Event())
     stop_event.clear()
     opts = GenerationOptions(max_new_tokens=int(n), temperature=float(temp), top_p=float(p), top_k=int(k),
                              repetition_penalty=float(rep))
-    columns = [(hist_a, a)] + ([(hist_b, b)] if two else [])
     stats = ["", ""]
     histories = [list(h or []) + [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
-                 for h, _ in columns]
+                 for h in [hist_a, hist_b][:len(picks)]]
     yield _out(histories, hist_b, two, stats, "", prompt="")
     try:
-        for i, (_, adapter_id) in enumerate(columns):
+        for i, path in enumerate(paths):
             history = histories[i]
             messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt.strip() else []) + \
                 [{"role": m["role"], "content": m["content"]} for m in history[:-1]]
-            path = chat_choices.adapter_path(adapter_id)
             for update in SERVICE.stream(base_name, path, messages, opts, stop_event):
                 history[-1]["content"] = update["text"]
                 stats[i] = t("chat.stats", lang, ttft=update["ttft_s"], rate=update["tokens_per_s"],
                              n=update["tokens"])
                 yield _out(histories, hist_b, two, stats, "")
-    except WorkbenchError as e:       # drop the unanswered turn; the question stays in the box to retry
-        for history in histories:
-            if not history[-1]["content"]:
-                del history[-2:]
-        yield (*_out(histories, hist_b, two, stats, failed(e, lang, CHAT_FIELDS))[:-1], text)
+    except WorkbenchError as e:
+        yield hist_a, hist_b, "", "", failed(e, lang, column_fields(i)), text
         return
     finally:
         _stops.pop(request.session_hash, None)      # one entry per reply underway, not per visitor ever
     yield _out(histories, hist_b, two, stats, "")
+
+
+def column_fields(column: int) -> dict[str, str]:
+    """An adapter that fails is named by its own column's box."""
+    box = "chat.adapter_b" if column else "chat.adapter_a"
+    return {**CHAT_FIELDS, "adapter": box, "run": box}
 
 
 def on_stop(request: gr.Request):

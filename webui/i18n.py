@@ -108,10 +108,12 @@ STRINGS: dict[str, tuple[str, str]] = {
                         "已请求 {id} 停止：它会在当前步结束后停止，并保存可继续的检查点。"),
     "runs.left_queue": ("{id} left the queue.", "{id} 已移出队列。"),
     "runs.chat": ("Chat with it", "与它对话"),
-    "runs.nothing_to_chat": ("{id} left nothing to chat with yet (it is {state}): a run that completes puts "
-                             "its adapter in the Library, and one that stopped or failed offers its newest "
-                             "checkpoint.",
-                             "{id} 还没有可对话的内容（状态：{state}）：运行完成后其适配器会进入适配器库，停止或失败的运行提供其最新检查点。"),
+    "runs.nothing_to_chat": ("{id} is {state}: a run that completes puts its adapter in the Library, and one "
+                             "that stops offers its newest checkpoint.",
+                             "{id} 状态为{state}：运行完成后其适配器会进入适配器库，停止的运行提供其最新检查点。"),
+    "runs.no_checkpoint": ("{id} is {state} and saved no checkpoint before it ended: there is nothing to chat "
+                           "with. Re-run it.",
+                           "{id} 状态为{state}，结束前没有保存检查点：没有可对话的内容。请重新运行。"),
     "runs.chat_checkpoint": ("{id} is {state}: the Chat tab has its newest checkpoint, of step {step}. Resume the "
                              "run to finish its training.",
                              "{id} 状态为{state}：对话页已载入其最新检查点（第 {step} 步）。继续该运行可完成训练。"),
@@ -150,6 +152,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chat.base_hint": ("Loaded once and kept in memory; picking another releases it.",
                        "只加载一次并常驻内存；选择其他模型时释放。"),
     "chat.adapter_a": ("Adapter", "适配器"),
+    "chat.list.library": ("{name} · {note} · library", "{name} · {note} · 库"),
+    "chat.list.checkpoint": ("{name} · step {note} · checkpoint", "{name} · 第 {note} 步 · 检查点"),
+    "chat.list.merged": ("{name} · merged · exports", "{name} · 合并模型 · exports"),
     "chat.adapter_b": ("Compare with", "对比对象"),
     "chat.no_adapter": ("(no adapter: the base model)", "（无适配器：基础模型）"),
     "chat.side_by_side": ("Side by side", "并排对比"),

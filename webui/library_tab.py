@@ -69,7 +69,8 @@ def memory_text(detail, lang: str) -> str:
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> SimpleNamespace:
-    """The tab; what app.py wires to the Chat tab: pick/to_chat, export_pick/export_chat, on_open."""
+    """The tab; what app.py wires to the Chat tab: pick, to_chat and message; export_pick, export_chat and
+    export_message; on_open."""
     c = SimpleNamespace()
     _layout_listing(c, tr, lang)
     _layout_manage(c, tr, lang)
@@ -85,12 +86,16 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> SimpleNames
     c.pick.change(show, [c.pick, lang_state], [c.curve, c.memory, c.config, c.zip_button])
     c.rename_btn.click(guarded(do_rename), [c.pick, c.new_name] + tail, out)
     c.delete_btn.click(on_delete, [c.pick, c.confirm] + tail, out + [c.confirm])
-    c.import_btn.click(guarded(do_import), [c.upload, c.folder, c.import_base, c.import_name] + tail, out)
-    c.mix_btn.click(guarded(do_mix), [c.mix_pick, c.weights, c.combination, c.density, c.mix_name] + tail, out)
+    # Each folded section answers in its own message line, where the button pressed is.
+    c.import_btn.click(guarded(do_import), [c.upload, c.folder, c.import_base, c.import_name] + tail,
+                       [c.import_message] + listing)
+    c.mix_btn.click(guarded(do_mix), [c.mix_pick, c.weights, c.combination, c.density, c.mix_name] + tail,
+                    [c.mix_message] + listing)
     c.combination.change(lambda v: gr.update(info=COMBINATION_HELP.get(v, "")), c.combination, c.combination)
-    c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype] + tail, out)
+    c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype] + tail, [c.merge_message] + listing)
     c.zip_prepare.click(do_zip, [c.pick, lang_state], [c.zip_button, c.message])
-    c.export_delete.click(on_delete_export, [c.export_pick, c.export_confirm] + tail, out + [c.export_confirm])
+    c.export_delete.click(on_delete_export, [c.export_pick, c.export_confirm] + tail,
+                          [c.export_message] + listing + [c.export_confirm])
     c.on_open = (opened, tail, listing + [c.curve, c.memory, c.config, c.zip_button])
     return c
 
@@ -145,6 +150,7 @@ def _layout_import(c, tr: Translator, lang: str) -> None:
                                                   elem_id="lib-import-name"), "lib.new_name")
                 c.import_btn = tr.add(gr.Button(t("lib.import_go", lang), elem_id="lib-import-go"), "lib.import_go",
                                       "value")
+        c.import_message = gr.Markdown(elem_id="lib-import-message")
 
 
 def _layout_merge(c, tr: Translator, lang: str) -> None:
@@ -156,13 +162,14 @@ def _layout_merge(c, tr: Translator, lang: str) -> None:
                                                scale=1), "lib.dtype")
             c.merge_btn = tr.add(gr.Button(t("lib.merge_go", lang), scale=1, elem_id="lib-merge-go"),
                                  "lib.merge_go", "value")
+        c.merge_message = gr.Markdown(elem_id="lib-merge-message")
 
 
 def _layout_mix(c, tr: Translator, lang: str) -> None:
     with tr.add(gr.Accordion(t("lib.mix", lang), open=False), "lib.mix"):
         with gr.Row():
-            c.mix_pick = tr.add(gr.Dropdown(choices=choices(), multiselect=True, label=t("lib.mix_pick", lang),
-                                            scale=3), "lib.mix_pick")
+            c.mix_pick = tr.add(gr.Dropdown(choices=choices(), multiselect=True, allow_custom_value=True,
+                                            label=t("lib.mix_pick", lang), scale=3), "lib.mix_pick")
             c.weights = tr.add(gr.Textbox(label=t("lib.weights", lang), info=t("lib.weights_hint", lang),
                                           max_lines=1, scale=2), "lib.weights", "labelinfo")
         with gr.Row():
@@ -172,6 +179,7 @@ def _layout_mix(c, tr: Translator, lang: str) -> None:
                                "lib.density")
             c.mix_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=2), "lib.new_name")
             c.mix_btn = tr.add(gr.Button(t("lib.mix_go", lang), scale=1), "lib.mix_go", "value")
+        c.mix_message = gr.Markdown(elem_id="lib-mix-message")
 
 
 def _layout_exports(c, tr: Translator, lang: str) -> None:
@@ -179,15 +187,17 @@ def _layout_exports(c, tr: Translator, lang: str) -> None:
         c.exports = tr.add(gr.Dataframe(value=exports_table(lang), interactive=False, show_label=False,
                                         elem_id="lib-exports-table"), "lib.exports")
         with gr.Row():
+            # Custom values pass: a pick deleted elsewhere reaches the handler, which says so.
             c.export_pick = tr.add(gr.Dropdown(choices=[e.name for e in exports.list_exports()], value=None,
-                                               label=t("lib.export_pick", lang), scale=3, elem_id="lib-export-pick"),
-                                   "lib.export_pick")
+                                               allow_custom_value=True, label=t("lib.export_pick", lang), scale=3,
+                                               elem_id="lib-export-pick"), "lib.export_pick")
             c.export_chat = tr.add(gr.Button(t("lib.chat", lang), scale=1, elem_id="lib-export-chat"), "lib.chat",
                                    "value")
             c.export_confirm = tr.add(gr.Checkbox(label=t("lib.confirm", lang), scale=1,
                                                   elem_id="lib-export-confirm"), "lib.confirm")
             c.export_delete = tr.add(gr.Button(t("lib.delete", lang), variant="stop", scale=1,
                                                elem_id="lib-export-delete"), "lib.delete", "value")
+        c.export_message = gr.Markdown(elem_id="lib-export-message")
 
 
 def refresh_all(base, selected, lang, first_if_gone=True):
@@ -310,15 +320,15 @@ def open_export_in_chat(name, lang):
 
 
 def _open(find, ref, none_key, lang):
+    """(message, tabs, base, adapter A): the Chat tab opened on the pick, or why not."""
+    unchanged = (gr.skip(),) * 3
     if not ref:
-        gr.Warning(t(none_key, lang))
-        return gr.skip(), gr.skip(), gr.skip()
+        return (t(none_key, lang),) + unchanged
     try:
         target = find(ref)
     except WorkbenchError as e:          # deleted since the list was shown
-        gr.Warning(failed(e, lang, FIELDS))
-        return gr.skip(), gr.skip(), gr.skip()
-    return chat_tab.open_on(target, lang)
+        return (failed(e, lang, FIELDS),) + unchanged
+    return ("", *chat_tab.open_on(target, lang))
 
 
 def do_zip(ref, lang):

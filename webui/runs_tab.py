@@ -232,7 +232,8 @@ def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_
             return [t("runs.chat_checkpoint", lang, id=run_id, step=target.step, state=state),
                     *chat_tab.open_on(target, lang)]
         if target is None:
-            key = "runs.adapter_deleted" if job.state == "completed" else "runs.nothing_to_chat"
+            key = {"completed": "runs.adapter_deleted", "stopped": "runs.no_checkpoint",
+                   "failed": "runs.no_checkpoint"}.get(job.state, "runs.nothing_to_chat")
             return [t(key, lang, id=run_id, state=state)] + unchanged
         return ["", *chat_tab.open_on(target, lang)]
 
