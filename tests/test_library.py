@@ -608,3 +608,10 @@ def test_chat_takes_an_adapter_by_its_library_name_as_merge_does(ws):
     assert one_shot("identity", "Who are you?", max_new_tokens=6) == one_shot(folder, "Who are you?", max_new_tokens=6)
     with pytest.raises(ModelError, match="not an adapter folder, a name in the library, or a run"):
         one_shot("no-such-adapter", "hi")
+
+
+def test_merging_an_adapter_deleted_since_it_was_picked_says_so_in_the_merge_section(workspace):
+    from webui.library_tab import do_merge
+
+    text, *listing = do_merge("gone-since-picked", "", "auto", "", None, "en", progress=lambda *a, **k: None)
+    assert text.startswith("Error: **Adapter**: no adapter 'gone-since-picked' in the library") and len(listing) == 6

@@ -286,8 +286,8 @@ def do_merge(ref, name, dtype, base, selected, lang, progress=gr.Progress()):
 
 
 def merged(ref, name, dtype, lang, progress) -> str:
-    out = name.strip() or f"{library.get(ref).name}-merged"
     try:     # in a child process: the full model it loads must never take the UI down
+        out = name.strip() or f"{library.get(ref).name}-merged"
         check_request(ref, out, dtype)          # refused at once, before a child starts
         path = run_core_command(["merge", "--adapter", ref, "--out", out, "--dtype", dtype],
                                 progress=lambda frac, msg: progress(frac, desc=msg))
