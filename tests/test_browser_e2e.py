@@ -111,7 +111,10 @@ def reply_ended(page) -> None:
 
 
 def test_switching_to_chinese_relabels_the_page(page):
+    """Switched on the Chat tab, where the test above left the page: its lists follow too."""
+    assert page.locator("#chat-adapter-b input").first.input_value() == "(no adapter: the base model)"
     page.get_by_label("简体中文").check()
+    page.wait_for_function("() => document.querySelector('#chat-adapter-b input').value == '（无适配器：基础模型）'")
     page.get_by_role("tab", name="训练").wait_for()
     open_tab(page, "训练")
     page.get_by_text("开始训练").wait_for()

@@ -306,8 +306,8 @@ def test_stop_and_resume_from_the_runs_tab(page, tiny_model):
     assert 0 < stopped_at < 120
     page.locator("#run-chat").click()                   # a stopped run chats with its newest checkpoint
     page.wait_for_selector("#chat-prompt textarea")
-    page.wait_for_function(f"() => document.querySelector('#runs-message').textContent"
-                           f".includes('newest checkpoint, of step {stopped_at}')")
+    page.wait_for_function(f"() => document.querySelector('#chat-status').textContent"
+                           f".includes('newest checkpoint, of step {stopped_at}')")      # said where one looks
     assert page.locator("#chat-adapter-a input").first.input_value() == f"stopper · step {stopped_at} · checkpoint"
     assert page.locator("#chat-base input").first.input_value() == str(tiny_model)
     page.locator("#chat-prompt textarea").fill("Hello")

@@ -36,17 +36,18 @@ def build(lang: str = "en") -> gr.Blocks:
             with tr.add(gr.Tab(t("tab.library", lang), id="library", elem_id="tab-library"), "tab.library") as lib:
                 lib_ui = library_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.chat", lang), id="chat", elem_id="tab-chat"), "tab.chat") as chat:
-                chat_base, chat_adapter, chat_load, chat_select = chat_tab.build(tr, lang_state, lang)
+                chat_base, chat_adapter, chat_status, chat_load, chat_select = chat_tab.build(tr, lang_state,
+                                                                                              lang)
         runs_tab.wire_actions(run_select, buttons, action_msg, lang_state, train, tabs)
         lib.select(*lib_ui.on_open)
         data_page.select(data_tab.listing, [lang_state, data_pick], [data_lib, data_pick])
         chat.select(*chat_select)
 
-        chat_picks = [tabs, chat_base, chat_adapter]
+        chat_picks = [tabs, chat_base, chat_adapter, chat_status]
         lib_ui.to_chat.click(library_tab.open_in_chat, [lib_ui.pick, lang_state], [lib_ui.message] + chat_picks)
         lib_ui.export_chat.click(library_tab.open_export_in_chat, [lib_ui.export_pick, lang_state],
                                  [lib_ui.export_message] + chat_picks)
-        runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, tabs, chat_base, chat_adapter)
+        runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, chat_picks)
 
         def use_dataset(name, chosen):
             chosen = list(chosen or [])
@@ -57,18 +58,19 @@ def build(lang: str = "en") -> gr.Blocks:
         data_use.click(use_dataset, [data_pick, train.datasets], [tabs, train.datasets])
         train_page.select(lambda chosen: gr.update(choices=train_tab.dataset_choices(list(chosen or []))),
                           train.datasets, train.datasets)
-        _wire_language(tr, language, lang_state)
+        # Labels follow the language through `tr`; the chat's lists hold translated entries of their own.
+        _wire_language(tr, language, lang_state).then(*chat_select)
         demo.load(*train.on_load, show_progress="hidden")
         demo.load(*chat_load, show_progress="hidden")
     return demo
 
 
-def _wire_language(tr: Translator, language: gr.Radio, lang_state: gr.State) -> None:
+def _wire_language(tr: Translator, language: gr.Radio, lang_state: gr.State):
     def switch(choice):
         lang = LANGS[choice]
         return [lang, gr.update(label=t("language", lang))] + tr.updates(lang)
 
-    language.change(switch, language, [lang_state, language] + tr.components())
+    return language.change(switch, language, [lang_state, language] + tr.components())
 
 
 def launch(host: str, port: int, auth=None, share: bool = False) -> None:

@@ -63,9 +63,10 @@ def base_of(adapter_id: str) -> str | None:
         return None
 
 
-def open_on(target, lang: str) -> tuple:
-    """The (tabs, base, adapter A) updates that switch to the Chat tab on a library entry or a checkpoint."""
-    return (gr.Tabs(selected="chat"), *picks_for(target, lang))
+def open_on(target, lang: str, note: str = "") -> tuple:
+    """The (tabs, base, adapter A, status) updates that switch to the Chat tab on a library entry, a
+    checkpoint or a merged model; `note` says there what was opened, where the visitor now looks."""
+    return (gr.Tabs(selected="chat"), *picks_for(target, lang), note)
 
 
 def picks_for(target, lang: str) -> tuple[dict, dict]:
@@ -96,7 +97,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     c.base.focus(lambda lang: gr.update(choices=base_choices(lang)), lang_state, c.base)
     on_load = (lambda lang: picks_for(None, lang), lang_state, [c.base, c.adapter_a])
     on_select = (refreshed_choices, [lang_state, c.adapter_a, c.adapter_b], [c.base, c.adapter_a, c.adapter_b])
-    return c.base, c.adapter_a, on_load, on_select
+    return c.base, c.adapter_a, c.status, on_load, on_select
 
 
 def _layout_choices(c, tr: Translator, lang: str) -> None:

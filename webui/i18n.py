@@ -114,9 +114,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.no_checkpoint": ("{id} is {state} and saved no checkpoint before it ended: there is nothing to chat "
                            "with. Re-run it.",
                            "{id} 状态为{state}，结束前没有保存检查点：没有可对话的内容。请重新运行。"),
-    "runs.chat_checkpoint": ("{id} is {state}: the Chat tab has its newest checkpoint, of step {step}. Resume the "
-                             "run to finish its training.",
-                             "{id} 状态为{state}：对话页已载入其最新检查点（第 {step} 步）。继续该运行可完成训练。"),
+    "runs.chat_checkpoint": ("{id} is {state}: you are chatting with its newest checkpoint, of step {step}. "
+                             "Resume the run to finish its training.",
+                             "{id} 状态为{state}：当前对话的是其最新检查点（第 {step} 步）。继续该运行可完成训练。"),
     "runs.adapter_deleted": ("{id} completed, but its adapter is no longer there: it was deleted from the "
                              "Library. Re-run it to train it again.",
                              "{id} 已完成，但其适配器已不在：它已从适配器库中删除。可重新运行以再次训练。"),

@@ -320,8 +320,8 @@ def open_export_in_chat(name, lang):
 
 
 def _open(find, ref, none_key, lang):
-    """(message, tabs, base, adapter A): the Chat tab opened on the pick, or why not."""
-    unchanged = (gr.skip(),) * 3
+    """(message, tabs, base, adapter A, chat status): the Chat tab opened on the pick, or why not."""
+    unchanged = (gr.skip(),) * 4
     if not ref:
         return (t(none_key, lang),) + unchanged
     try:

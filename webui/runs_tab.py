@@ -215,11 +215,12 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
                            train_tab.inputs + [train_tab.message, action_msg, tabs])
 
 
-def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_adapter):
+def wire_chat(run_select, button, action_msg, lang_state, chat_picks):
     """Chat with it: the run's adapter (or its full model) opens in the Chat tab; for a run that
-    stopped or failed before its end, its newest checkpoint."""
+    stopped or failed before its end, its newest checkpoint, with a note in the chat's status line.
+    `chat_picks`: the tabs, the chat's base, adapter A and status line."""
     def open_chat(run_id, lang):
-        unchanged = [gr.skip()] * 3
+        unchanged = [gr.skip()] * len(chat_picks)
         if not run_id:
             return [t("runs.no_run", lang)] + unchanged
         try:
@@ -229,15 +230,15 @@ def wire_chat(run_select, button, action_msg, lang_state, tabs, chat_base, chat_
             return [failed(e, lang, RUN_FIELDS)] + unchanged
         state = t(f"state.{job.state}", lang)
         if isinstance(target, chat_choices.Checkpoint):
-            return [t("runs.chat_checkpoint", lang, id=run_id, step=target.step, state=state),
-                    *chat_tab.open_on(target, lang)]
+            note = t("runs.chat_checkpoint", lang, id=run_id, step=target.step, state=state)
+            return ["", *chat_tab.open_on(target, lang, note)]
         if target is None:
             key = {"completed": "runs.adapter_deleted", "stopped": "runs.no_checkpoint",
                    "failed": "runs.no_checkpoint"}.get(job.state, "runs.nothing_to_chat")
             return [t(key, lang, id=run_id, state=state)] + unchanged
         return ["", *chat_tab.open_on(target, lang)]
 
-    button.click(open_chat, [run_select, lang_state], [action_msg, tabs, chat_base, chat_adapter])
+    button.click(open_chat, [run_select, lang_state], [action_msg] + chat_picks)
 
 
 def _mtime(path) -> float:
