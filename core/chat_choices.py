@@ -12,13 +12,20 @@ from core.config import EMBEDDED_MODEL
 from core.errors import WorkbenchError
 
 
+LABELS = {"library": "{name} · {note} · library", "checkpoint": "{name} · step {note} · checkpoint",
+          "merged": "{name} · merged · exports"}      # the webui's i18n table holds these in each language
+
+
 @dataclass(frozen=True)
 class Base:
-    label: str
     value: str          # what the chat loads: a model id or a folder
     kind: str = ""      # "" a model by its id; "library", "checkpoint" or "merged": a folder, by `name`
     name: str = ""
     note: str = ""      # a library model's method; a checkpoint's step
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.kind].format(name=self.name, note=self.note) if self.kind else self.value
 
 
 Entries = list[library.AdapterInfo]
@@ -29,14 +36,12 @@ def bases(entries: Entries | None = None, checkpoints: list[Checkpoint] = ()) ->
     `entries`: the library's listing when the caller has it (each listing syncs the catalogue);
     `checkpoints`: runs' checkpoints to offer too (their bases, and the models of full runs)."""
     entries = library.list_adapters() if entries is None else entries
-    found = [Base(EMBEDDED_MODEL, EMBEDDED_MODEL)]
-    found += [Base(b, b) for b in sorted({a.base_model for a in entries if a.base_model}
-                                          | {c.base_model for c in checkpoints if c.is_adapter})]
-    found += [Base(f"{a.name} · {a.method} · library", a.path, "library", a.name, a.method)
-              for a in entries if a.kind == "model"]
-    found += [Base(c.label, str(c.path), "checkpoint", c.run_name, str(c.step)) for c in checkpoints
-              if not c.is_adapter]
-    found += [Base(f"{p.name} · merged · exports", str(p), "merged", p.name) for p in exports.folders()]
+    found = [Base(EMBEDDED_MODEL)]
+    found += [Base(b) for b in sorted({a.base_model for a in entries if a.base_model}
+                                      | {c.base_model for c in checkpoints if c.is_adapter})]
+    found += [Base(a.path, "library", a.name, a.method) for a in entries if a.kind == "model"]
+    found += [Base(str(c.path), "checkpoint", c.run_name, str(c.step)) for c in checkpoints if not c.is_adapter]
+    found += [Base(str(p), "merged", p.name) for p in exports.folders()]
     seen, unique = set(), []
     for base in found:
         if base.value not in seen and path_policy.allows(base.value):
@@ -82,7 +87,7 @@ class Checkpoint:
 
     @property
     def label(self) -> str:
-        return f"{self.run_name} · step {self.step} · checkpoint"
+        return LABELS["checkpoint"].format(name=self.run_name, note=self.step)
 
 
 def checkpoint_of(job: jobs.Job) -> Checkpoint | None:
@@ -95,6 +100,10 @@ def checkpoint_of(job: jobs.Job) -> Checkpoint | None:
     is_adapter = (path / "adapter_config.json").is_file()
     if not is_adapter and not (path / "config.json").is_file():
         return None
+    return _made(job, path, is_adapter)
+
+
+def _made(job: jobs.Job, path: Path, is_adapter: bool) -> Checkpoint:
     return Checkpoint(job.id, job.name or job.id, int(path.name.rsplit("-", 1)[1]), path.absolute(), job.model,
                       is_adapter)
 
@@ -114,11 +123,11 @@ def _checkpoint(value: str) -> Checkpoint:
         raise WorkbenchError(f"the run of this checkpoint, '{m.group(1)}', was removed from the Runs list",
                              field="adapter") from None
     path = job.dir.checkpoints / f"checkpoint-{int(m.group(2))}"
+    path_policy.check(str(path), field="adapter")
     if not (path / "adapter_config.json").is_file():
         raise WorkbenchError(f"run '{job.id}' no longer has its checkpoint of step {m.group(2)}; "
                              "it was resumed past it or deleted", field="adapter")
-    path_policy.check(str(path), field="adapter")
-    return Checkpoint(job.id, job.name or job.id, int(m.group(2)), path.absolute(), job.model, True)
+    return _made(job, path, True)
 
 
 def checkpoint_named(value: str) -> Checkpoint | None:

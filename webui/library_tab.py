@@ -50,8 +50,8 @@ def choices(base: str = ALL) -> list[tuple[str, str]]:
             for a in library.list_adapters(base or None)]
 
 
-def exports_table(lang: str) -> pd.DataFrame:
-    rows = [[e.name, e.size, e.created, e.adapter, e.base_model.rsplit("/", 1)[-1]] for e in exports.list_exports()]
+def exports_table(found: list[exports.Export], lang: str) -> pd.DataFrame:
+    rows = [[e.name, e.size, e.created, e.adapter, e.base_model.rsplit("/", 1)[-1]] for e in found]
     return pd.DataFrame(rows, columns=t("lib.export_cols", lang).split("|"))
 
 
@@ -183,12 +183,13 @@ def _layout_mix(c, tr: Translator, lang: str) -> None:
 
 
 def _layout_exports(c, tr: Translator, lang: str) -> None:
+    found = exports.list_exports()          # listed once: each entry's size walks its folder
     with tr.add(gr.Accordion(t("lib.exports", lang), open=False, elem_id="lib-exports"), "lib.exports"):
-        c.exports = tr.add(gr.Dataframe(value=exports_table(lang), interactive=False, show_label=False,
+        c.exports = tr.add(gr.Dataframe(value=exports_table(found, lang), interactive=False, show_label=False,
                                         elem_id="lib-exports-table"), "lib.exports")
         with gr.Row():
             # Custom values pass: a pick deleted elsewhere reaches the handler, which says so.
-            c.export_pick = tr.add(gr.Dropdown(choices=[e.name for e in exports.list_exports()], value=None,
+            c.export_pick = tr.add(gr.Dropdown(choices=[e.name for e in found], value=None,
                                                allow_custom_value=True, label=t("lib.export_pick", lang), scale=3,
                                                elem_id="lib-export-pick"), "lib.export_pick")
             c.export_chat = tr.add(gr.Button(t("lib.chat", lang), scale=1, elem_id="lib-export-chat"), "lib.chat",
@@ -206,9 +207,10 @@ def refresh_all(base, selected, lang, first_if_gone=True):
     opts = choices(base)
     ids = [v for _, v in opts]
     selected = selected if selected in ids else (ids[0] if ids and first_if_gone else None)
+    found = exports.list_exports()
     return (table(base, lang), gr.update(choices=opts, value=selected), gr.update(choices=opts),
-            gr.update(choices=base_choices(lang)), exports_table(lang),
-            gr.update(choices=[e.name for e in exports.list_exports()]))
+            gr.update(choices=base_choices(lang)), exports_table(found, lang),
+            gr.update(choices=[e.name for e in found]))
 
 
 def opened(base, selected, lang):
