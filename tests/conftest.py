@@ -56,9 +56,15 @@ def cli():
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
-    """Keep each phase's report on the test item, so fixtures can save screenshots on failure."""
+    """A browser test that fails leaves a screenshot of its page in test-artifacts/FAILED-<test>.png."""
     rep = yield
-    setattr(item, "rep_" + rep.when, rep)
+    page = getattr(item, "funcargs", {}).get("page")
+    if rep.when == "call" and rep.failed and hasattr(page, "screenshot"):
+        from browser import shot
+        try:
+            rep.sections.append(("screenshot", str(shot(page, f"FAILED-{item.name}"))))
+        except Exception as e:          # a page that crashed has no screenshot; the failure stands alone
+            rep.sections.append(("screenshot", f"none: {e}"))
     return rep
 
 

@@ -21,11 +21,8 @@ def app(tmp_path_factory, embedded_model):
 
 
 @pytest.fixture
-def page(app, request):
-    page, _ = app
-    yield page
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        shot(page, f"failed-{request.node.name}")
+def page(app):
+    return app[0]
 
 
 def chart_points(page) -> int:
@@ -93,6 +90,8 @@ def test_chat_with_the_adapter_shows_the_new_identity_and_the_base_does_not(page
     assert "Quill" not in reply_b, reply_b
     assert page.locator("#chat-prompt textarea").input_value() == "What is the capital of France?"
     page.locator("#chat-send").click()                                      # the second turn
+    # Streaming, past 'pending', whose timer alone changes the stats' text.
+    page.locator("#chat-prompt .generating").wait_for(timeout=180_000)
     page.wait_for_function("before => { const s = document.querySelector('#chat-stats-b').innerText;"
                            " return s !== before && s.includes('tokens/s'); }", arg=before, timeout=180_000)
     reply_ended(page)

@@ -1,11 +1,13 @@
 """The Train and Runs tabs in a real browser on the tiny model: memory panel and its fixes, a bad
 field answered in words, Start pressed twice makes one run, clone back into the form."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from browser import browser, open_page, open_tab, pick, serve, shot
 from conftest import ROOT, run_cli
@@ -218,7 +220,7 @@ def test_a_merged_model_is_listed_opened_in_chat_and_deleted_in_the_library(page
     pick(page, "lib-export-pick", "merged-ui")
     page.locator("#lib-export-chat").click()
     page.wait_for_function("() => document.querySelector('#chat-base input').value == 'merged-ui · merged · exports'")
-    assert page.locator("#chat-adapter-a input").first.input_value().startswith("(no adapter")
+    expect(page.locator("#chat-adapter-a input").first).to_have_value(re.compile(r"^\(no adapter"))
     open_tab(page, "Library")
     message = page.locator("#lib-export-message")          # in the section, where the button is
     page.locator("#lib-export-delete").click()
@@ -227,9 +229,10 @@ def test_a_merged_model_is_listed_opened_in_chat_and_deleted_in_the_library(page
     page.locator("#lib-export-confirm input").check()
     page.locator("#lib-export-delete").click()
     message.get_by_text("Deleted exports/merged-ui").wait_for()
-    assert not export.exists() and "merged-ui" not in table.text_content()
-    assert not page.locator("#lib-export-confirm input").is_checked()
-    assert page.locator("#lib-export-pick input").first.input_value() == ""
+    assert not export.exists()
+    expect(table).not_to_contain_text("merged-ui")        # the message, table and boxes redraw apart
+    expect(page.locator("#lib-export-confirm input")).not_to_be_checked()
+    expect(page.locator("#lib-export-pick input").first).to_have_value("")
     page.locator("#lib-export-chat").click()
     message.get_by_text("Pick a merged model first").wait_for()
 
