@@ -110,13 +110,23 @@ def reply_ended(page) -> None:
 
 
 def test_switching_to_chinese_relabels_the_page(page):
-    """Switched on the Chat tab, where the test above left the page: its lists follow too."""
+    """Switched on the Chat tab, where the test above left the page: its lists follow too. Core's
+    errors read in Chinese."""
     assert page.locator("#chat-adapter-b input").first.input_value() == "(no adapter: the base model)"
     page.get_by_label("简体中文").check()
     page.wait_for_function("() => document.querySelector('#chat-adapter-b input').value == '（无适配器：基础模型）'")
     page.get_by_role("tab", name="训练").wait_for()
     open_tab(page, "训练")
     page.get_by_text("开始训练").wait_for()
+    model = page.locator("#field-model input")
+    before = model.input_value()
+    model.fill("no-such-model")
+    model.press("Enter")
+    page.wait_for_selector("#mem-summary >> text=未找到模型 'no-such-model'：不是模型文件夹")
+    assert page.locator("#mem-summary").inner_text().startswith("无法估算：")
+    model.fill(before)
+    model.press("Enter")
+    page.wait_for_selector("#mem-summary >> text=GiB")
     shot(page, "tab-train-zh")
     page.get_by_label("English").check()
     page.get_by_role("tab", name="Train").wait_for()

@@ -121,7 +121,7 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
 
 def test_a_refusal_in_the_form_names_the_field_by_its_label_and_the_file_to_blame():
     from core.errors import ConfigError, DataError
-    from webui.train_tab import describe_error
+    from webui.i18n import describe_error
 
     data = DataError("no usable rows", file="/d/identity.jsonl", field="datasets.1")
     assert describe_error(data, "en") == "**Datasets 2** (`datasets.1`), `/d/identity.jsonl`: no usable rows"

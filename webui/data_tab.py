@@ -18,6 +18,7 @@ from core.formats import FORMATS, mapping_fields
 from core.llamafactory import import_llamafactory
 from core.preview import length_stats, preview, preview_html
 from webui.i18n import Translator, failed, t
+from webui.messages_zh import translated
 from webui.train_tab import model_choices
 
 SLOTS = 6               # column-mapping dropdowns; each format uses at most this many column fields
@@ -242,7 +243,7 @@ def do_lf(folder, lang):
         results = import_llamafactory(folder.strip())
     except WorkbenchError as e:
         return failed(e, lang), gr.skip(), gr.skip()
-    lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {r.error['message']}"
+    lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {translated(r.error['message'], lang)}"
              for r in results]
     return ("\n".join(lines), *listing(lang))
 
@@ -253,7 +254,7 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
     report_fmt, columns_found = None, []
     for c in checks:
         if c.error:
-            rows.append([c.file, c.error.line or "", str(c.error.message)])
+            rows.append([c.file, c.error.line or "", translated(str(c.error.message), lang)])
             lines.append("- " + t("data.file_error", lang, file=c.file))
             continue
         r = c.report
@@ -261,7 +262,7 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
         columns_found = columns_found or list(getattr(r, "columns_found", []) or [])
         lines.append("- " + t("data.file_ok", lang, file=c.file, label=getattr(r, "label", r.format), read=r.rows_read,
                        usable=r.rows_usable))
-        rows += [[c.file, p.line, p.message] for p in r.problems]
+        rows += [[c.file, p.line, translated(p.message, lang)] for p in r.problems]
         samples += r.samples
         sample_lines += r.lines
     frame = gr.update(value=problem_frame(rows, lang), visible=bool(rows))

@@ -5,10 +5,13 @@ Field labels and hints of the run form are not here: they live with the RunConfi
 """
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
 from core.config import field_meta
 from core.errors import WorkbenchError
+from webui.messages_zh import translated
 
 LANGS = {"English": "en", "简体中文": "zh"}
 
@@ -286,12 +289,47 @@ def t(key: str, lang: str = "en", **fmt) -> str:
 def failed(e: WorkbenchError, lang: str, labels: dict[str, str] | None = None) -> str:
     """An error for a tab's message box: the box to blame by its label (`labels` maps the field names
     core raises with to the tab's label keys; others are left out, the box being the one just used),
-    the file and line, then what is wrong. The Train form shows config keys, see train_tab.describe_error."""
+    the file and line, then what is wrong. The Train form shows config keys, see describe_error."""
     key = (labels or {}).get(e.field or "")
-    where = f"`{e.file}:{e.line}`" if e.file and e.line else (f"`{e.file}`" if e.file else "")
+    where = _where(e)
     head = ", ".join(x for x in (f"**{t(key, lang)}**" if key else "", where) if x)
-    text = e.message + (f" ({e.hint})" if e.hint else "")
+    text = explained(e, lang)
     return t("error", lang, error=f"{head}: {text}" if head else text)
+
+
+def _where(e: WorkbenchError) -> str:
+    return f"`{e.file}:{e.line}`" if e.file and e.line else (f"`{e.file}`" if e.file else "")
+
+
+def explained(e: WorkbenchError, lang: str) -> str:
+    """What is wrong and what to do, in the UI's language."""
+    text = translated(e.message, lang)
+    if not e.hint:
+        return text
+    hint = translated(e.hint, lang)
+    return f"{text}（{hint}）" if lang == "zh" else f"{text} ({hint})"
+
+
+def describe_error(e: WorkbenchError, lang: str) -> str:
+    """The field by its label and key, the file (and line) when one is to blame, then what is wrong."""
+    text = explained(e, lang)
+    where = _where(e)
+    if not e.field:
+        return f"{where}: {text}" if where else text
+    label = _label(e.field, lang)
+    named = f"**{label}** (`{e.field}`)" if label else f"`{e.field}`"
+    return f"{named}, {where}: {text}" if where else f"{named}: {text}"
+
+
+def _label(field: str, lang: str) -> str | None:
+    """A field's label; 'datasets.1' is the second of the datasets."""
+    item = re.fullmatch(r"(.+)\.(\d+)", field)
+    try:
+        if item:
+            return f"{field_label(item.group(1), lang)} {int(item.group(2)) + 1}"
+        return field_label(field, lang)
+    except (KeyError, TypeError):
+        return None
 
 
 def field_label(dotted: str, lang: str = "en") -> str:

@@ -12,7 +12,7 @@ from core.arch import load_arch
 from core.config import RunConfig
 from core.errors import WorkbenchError
 from webui.charts import memory_figure
-from webui.i18n import Translator, t
+from webui.i18n import Translator, describe_error, t
 
 SLOTS = 4                 # suggestions shown at most
 _archs: dict[str, object] = {}
@@ -82,7 +82,7 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
         est = vram.estimate(cfg, gpus=gpus, arch=arch)           # fewer than 1 GPU: a ConfigError, shown
         advice = vram.suggestions(cfg, gpu_gib, gpus=gpus, arch=arch)
     except WorkbenchError as e:
-        return [t("mem.unknown", lang, error=str(e)), "", None, ""] + hidden + [[]]
+        return [t("mem.unknown", lang, error=describe_error(e, lang)), "", None, ""] + hidden + [[]]
     gpu_name = next((name for name, gib in gpu_options() if gib == gpu_gib), f"{gpu_gib:.0f} GiB")
     verdict = est.verdict(gpu_gib)
     color = {"fits": "#2e9e48", "tight": "#c27c0e", "does not fit": "#c9302c"}[verdict]

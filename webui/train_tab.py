@@ -1,7 +1,6 @@
 """Train tab: presets, the run form (built from RunConfig), the config preview and Start."""
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 import uuid
@@ -17,7 +16,7 @@ from core.config import RunConfig
 from core.errors import WorkbenchError
 from webui import memory_panel
 from webui.form import GROUPS, METHOD_LR, Form, build_group
-from webui.i18n import Translator, field_label, t
+from webui.i18n import Translator, describe_error, t
 
 GROUP_TITLES = {"model": "train.group.model", "lora": "train.group.lora", "quant": "train.group.quant",
                 "freeze": "train.group.freeze", "training": "train.group.training",
@@ -85,28 +84,6 @@ def config_from_inputs(tab: TrainTab, values: list) -> RunConfig:
             spec["ratio"] = r
     data["datasets"] = specs
     return RunConfig.from_dict(data)
-
-
-def describe_error(e: WorkbenchError, lang: str) -> str:
-    """The field by its label and key, the file (and line) when one is to blame, then what is wrong."""
-    text = e.message + (f" ({e.hint})" if e.hint else "")
-    where = f"`{e.file}:{e.line}`" if e.file and e.line else (f"`{e.file}`" if e.file else "")
-    if not e.field:
-        return f"{where}: {text}" if where else text
-    label = _label(e.field, lang)
-    named = f"**{label}** (`{e.field}`)" if label else f"`{e.field}`"
-    return f"{named}, {where}: {text}" if where else f"{named}: {text}"
-
-
-def _label(field: str, lang: str) -> str | None:
-    """A field's label; 'datasets.1' is the second of the datasets."""
-    item = re.fullmatch(r"(.+)\.(\d+)", field)
-    try:
-        if item:
-            return f"{field_label(item.group(1), lang)} {int(item.group(2)) + 1}"
-        return field_label(field, lang)
-    except (KeyError, TypeError):
-        return None
 
 
 def preview_text(cfg: RunConfig, lang: str) -> str:

@@ -1,0 +1,99 @@
+"""The 简体中文 UI reads core's errors in Chinese: every message core raises has its entry, each
+entry carries every value, and real errors come out translated with their values."""
+import ast
+import json
+import string
+
+import pytest
+
+from conftest import ROOT
+from core.config import RunConfig
+from core.data import check_file
+from core.errors import ConfigError, WorkbenchError
+from webui.i18n import describe_error, failed
+from webui.messages_zh import TABLE, translated
+
+NOT_OURS = {"KeyError", "ValueError", "TypeError", "ConnectionError", "RuntimeError", "OSError"}
+
+
+def template(node) -> str | None:
+    """A message as written in the source: its text, with `{}` for each value; None if computed."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.replace("{", "{{").replace("}", "}}")
+    if isinstance(node, ast.JoinedStr):
+        return "".join(template(v) if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = template(node.left), template(node.right)
+        return None if left is None or right is None else left + right
+    return None
+
+
+def messages(node: ast.Call) -> list:
+    """The message and hint arguments of an error or a row problem."""
+    name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
+    if not (name.endswith("Error") and name not in NOT_OURS or name in ("RowProblem", "Problem")):
+        return []
+    position = 1 if name == "Problem" else 0
+    args = node.args[position:position + 1] + [k.value for k in node.keywords if k.arg == "hint"]
+    return [b for a in args for b in ((a.body, a.orelse) if isinstance(a, ast.IfExp) else (a,))]
+
+
+def raised() -> dict[str, str]:
+    """Every literal message raised in core/ and webui/, with where it is."""
+    found = {}
+    for path in sorted((ROOT / "core").glob("*.py")) + sorted((ROOT / "webui").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            for arg in messages(node) if isinstance(node, ast.Call) else []:
+                text = template(arg)
+                if text is not None and text.replace("{}", "").strip():
+                    found.setdefault(text, f"{path.relative_to(ROOT)}:{arg.lineno}")
+    return found
+
+
+def table() -> dict[str, str]:
+    return json.loads(TABLE.read_text(encoding="utf-8"))
+
+
+def test_every_message_raised_has_its_chinese_and_no_entry_is_stale():
+    found, zh = raised(), table()
+    assert len(found) > 200
+    missing = {text: where for text, where in found.items() if text not in zh}
+    assert not missing, f"add these to {TABLE.name}: {missing}"
+    stale = sorted(set(zh) - set(found))
+    assert not stale, f"no longer raised, remove from {TABLE.name}: {stale}"
+
+
+@pytest.mark.parametrize("en, zh", table().items())
+def test_each_entry_carries_every_value(en, zh):
+    count = sum(1 for _, name, _, _ in string.Formatter().parse(en) if name is not None)
+    used = {name for _, name, _, _ in string.Formatter().parse(zh) if name is not None}
+    assert used == {str(i) for i in range(count)}
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in zh)
+    values = [f"<{i}>" for i in range(count)]
+    assert translated(en.format(*values), "zh") == zh.format(*values)
+
+
+def test_a_config_error_reads_in_chinese_with_its_value_and_field():
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"train": {"max_steps": "many"}})
+    assert describe_error(e.value, "en").endswith("expected a whole number, got 'many'")
+    zh = describe_error(e.value, "zh")
+    assert zh.endswith("应为整数，实际为 'many'") and "`train.max_steps`" in zh
+
+
+def test_a_data_error_names_its_file_and_line_in_chinese(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"\n')
+    with pytest.raises(WorkbenchError) as e:
+        check_file(bad)
+    text = failed(e.value, "zh")
+    assert text.startswith("错误：") and f"`{bad}:2`" in text
+    assert not any(word in text.split(":2`")[1] for word in ("not valid", "line")), text
+
+
+def test_hints_values_that_are_messages_and_unknown_text():
+    e = WorkbenchError("no preset named 'x'", hint="upload the files instead")
+    assert failed(e, "zh") == "错误：没有名为 'x' 的预设（请改为上传文件）"
+    assert translated("no usable rows (e.g. line 3: missing field 'output')", "zh").startswith("没有可用的行")
+    assert translated("something core never says", "zh") == "something core never says"
+    assert translated("no run 'a'", "en") == "no run 'a'"

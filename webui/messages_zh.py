@@ -1,0 +1,42 @@
+"""Core's error messages in Chinese, for the 简体中文 UI.
+
+Core writes its messages in English, as f-strings, and the command line prints them as they are.
+messages_zh.json maps each message's template, as written in the source ("no run '{}'", one `{}`
+per value), to its Chinese ("没有运行 '{0}'"). A message is matched against the templates as a
+whole and its values are carried over; a message no template matches is shown in English.
+tests/test_messages_zh.py checks that every message core raises has its entry.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import string
+from pathlib import Path
+
+TABLE = Path(__file__).with_name("messages_zh.json")
+
+
+@functools.cache
+def _patterns() -> list[tuple[re.Pattern, str]]:
+    """Each template as a regex with one group per value, the most specific (most fixed text) first."""
+    found = []
+    for en, zh in json.loads(TABLE.read_text(encoding="utf-8")).items():
+        parts = list(string.Formatter().parse(en))
+        regex = "".join(re.escape(text) + ("(.*?)" if name is not None else "") for text, name, _, _ in parts)
+        fixed = sum(len(text) for text, _, _, _ in parts)
+        found.append((fixed, re.compile(regex, re.S), zh))
+    found.sort(key=lambda item: -item[0])
+    return [(rx, zh) for _, rx, zh in found]
+
+
+def translated(text: str | None, lang: str, depth: int = 2) -> str | None:
+    """`text` in the UI's language: a value that is itself a whole message is translated too."""
+    if lang != "zh" or not text:
+        return text
+    for rx, zh in _patterns():
+        m = rx.fullmatch(text)
+        if m:
+            values = [translated(v, lang, depth - 1) if depth else v for v in m.groups()]
+            return zh.format(*values)
+    return text
