@@ -52,8 +52,9 @@ def failure_text(code: int, stderr_lines: list[str]) -> str:
         return errors[-1]
     if code < 0:
         name = signal.Signals(-code).name
-        hint = ": the machine ran out of memory (free some, or merge on a larger machine)" \
-            if -code == signal.SIGKILL else ""
-        return f"the command was killed by {name}{hint}"
+        if -code == signal.SIGKILL:
+            return f"the command was killed by {name}: the machine ran out of memory (free some, or merge on a " \
+                   "larger machine)"
+        return f"the command was killed by {name}"
     tail = " / ".join(stderr_lines[-3:])
     return f"the command failed (exit code {code}){': ' + tail if tail else ''}"

@@ -399,7 +399,7 @@ def _build(cls, data, prefix: str, file, lines):
         dotted = f"{prefix}{key}"
         if key not in known:
             close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            hint = f"did you mean '{prefix + close[0]}'?" if close else f"known keys: {', '.join(known)}"
             raise ConfigError("unknown key", field=dotted, file=file, line=lines.get(dotted), hint=hint)
         values[key] = _coerce(hints[key], value, dotted, file, lines)
     return cls(**values)

@@ -38,16 +38,31 @@ def messages(node: ast.Call) -> list:
     return [b for a in args for b in ((a.body, a.orelse) if isinstance(a, ast.IfExp) else (a,))]
 
 
-def raised() -> dict[str, str]:
-    """Every literal message raised in core/ and webui/, with where it is."""
+def templates(only_raised: bool) -> dict[str, str]:
+    """Every literal message raised in core/ and webui/ (or every string written there), with where it is."""
     found = {}
     for path in sorted((ROOT / "core").glob("*.py")) + sorted((ROOT / "webui").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            for arg in messages(node) if isinstance(node, ast.Call) else []:
+            if only_raised:
+                args = messages(node) if isinstance(node, ast.Call) else []
+            else:
+                args = [node] if isinstance(node, (ast.JoinedStr, ast.Constant)) else []
+            for arg in args:
                 text = template(arg)
                 if text is not None and text.replace("{}", "").strip():
                     found.setdefault(text, f"{path.relative_to(ROOT)}:{arg.lineno}")
     return found
+
+
+def json_messages() -> set[str]:
+    """What Python's json says of broken files (a value in core's "not valid JSON: ..." messages)."""
+    said = set()
+    for broken in ('{"a" 1}', "[1 2]", "", "{a: 1}", '"abc', "[1] x", '{"a": "\x01"}', '"\\q"'):
+        try:
+            json.loads(broken)
+        except json.JSONDecodeError as e:
+            said.add(e.msg)
+    return said
 
 
 def table() -> dict[str, str]:
@@ -55,16 +70,17 @@ def table() -> dict[str, str]:
 
 
 def test_every_message_raised_has_its_chinese_and_no_entry_is_stale():
-    found, zh = raised(), table()
+    found, zh = templates(only_raised=True), table()
     assert len(found) > 200
     missing = {text: where for text, where in found.items() if text not in zh}
     assert not missing, f"add these to {TABLE.name}: {missing}"
-    stale = sorted(set(zh) - set(found))
-    assert not stale, f"no longer raised, remove from {TABLE.name}: {stale}"
+    stale = sorted(set(zh) - set(templates(only_raised=False)) - json_messages())
+    assert not stale, f"no longer written anywhere, remove from {TABLE.name}: {stale}"
 
 
 @pytest.mark.parametrize("en, zh", table().items())
 def test_each_entry_carries_every_value(en, zh):
+    assert "{}{}" not in en            # two values side by side could not be told apart
     count = sum(1 for _, name, _, _ in string.Formatter().parse(en) if name is not None)
     used = {name for _, name, _, _ in string.Formatter().parse(zh) if name is not None}
     assert used == {str(i) for i in range(count)}
@@ -97,3 +113,14 @@ def test_hints_values_that_are_messages_and_unknown_text():
     assert translated("no usable rows (e.g. line 3: missing field 'output')", "zh").startswith("没有可用的行")
     assert translated("something core never says", "zh") == "something core never says"
     assert translated("no run 'a'", "en") == "no run 'a'"
+
+
+def test_a_broken_json_file_and_an_unknown_key_read_wholly_in_chinese(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"lora": {"rnak": 8}})
+    assert describe_error(e.value, "zh") == "`lora.rnak`: 未知的键（是不是想写 'lora.rank'？）"
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "q" "output": "a"}]')
+    with pytest.raises(WorkbenchError) as e:
+        check_file(bad)
+    assert failed(e.value, "zh") == f"错误：`{bad}:1`: 不是有效的 JSON：缺少 ','"

@@ -3,7 +3,8 @@
 Core writes its messages in English, as f-strings, and the command line prints them as they are.
 messages_zh.json maps each message's template, as written in the source ("no run '{}'", one `{}`
 per value), to its Chinese ("没有运行 '{0}'"). A message is matched against the templates as a
-whole and its values are carried over; a message no template matches is shown in English.
+whole and its values are carried over; a message no template matches is shown in English. A few
+entries are texts that travel inside messages (hints, Python's json errors).
 tests/test_messages_zh.py checks that every message core raises has its entry.
 """
 from __future__ import annotations
