@@ -124,3 +124,25 @@ def test_a_broken_json_file_and_an_unknown_key_read_wholly_in_chinese(tmp_path):
     with pytest.raises(WorkbenchError) as e:
         check_file(bad)
     assert failed(e.value, "zh") == f"错误：`{bad}:1`: 不是有效的 JSON：缺少 ','"
+
+
+def test_the_memory_panels_changes_read_in_chinese():
+    """Every change the panel can offer, alone or combined, in the 简体中文 UI."""
+    from core import vram
+    from core.arch import load_arch
+    from webui.memory_panel import change_text
+
+    arch = load_arch("Llama-3.1-8B")
+    seen = set()
+    for method, extra in (("lora", {}), ("full", {}), ("qlora", {"quant": {"upcast_unquantized": True}})):
+        run = RunConfig.from_dict({"model": "Llama-3.1-8B", "method": method, "data": {"max_seq_len": 4096},
+                                   "train": {"batch_size": 8, "grad_accum": 2, "fused_loss": False,
+                                             "gradient_checkpointing": False}, **extra})
+        for gpu in (80, 40, 24, 16, 12):
+            for s in vram.suggestions(run, gpu, arch=arch):
+                for part in s.description.split("; "):
+                    seen.add(part.split(" ")[0])
+                    zh = translated(part, "zh")
+                    assert zh != part and any("\u4e00" <= ch <= "\u9fff" for ch in zh), part
+                assert "; " not in change_text(s, "zh") and change_text(s, "en") == s.description
+    assert len(seen) >= 6, seen

@@ -13,6 +13,7 @@ from core.config import RunConfig
 from core.errors import WorkbenchError
 from webui.charts import memory_figure
 from webui.i18n import Translator, describe_error, t
+from webui.messages_zh import translated
 
 SLOTS = 4                 # suggestions shown at most
 _archs: dict[str, object] = {}
@@ -88,14 +89,15 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
     color = {"fits": "#2e9e48", "tight": "#c27c0e", "does not fit": "#c9302c"}[verdict]
     shown = f"<b style='color:{color}'>{t(f'mem.{verdict}', lang)}</b>"
     summary = t("mem.total", lang, total=est.total_gib, gpu=gpu_name.split(':')[0], verdict=shown)
-    summary += "".join(f"  \n<small class='mem-warning'>{html.escape(n)}</small>" for n in est.warnings)
+    summary += "".join(f"  \n<small class='mem-warning'>{html.escape(translated(n, lang))}</small>"
+                       for n in est.warnings)
     share = 100 * est.trainable_params / max(est.total_params, 1)
     params = t("train.params_value", lang, trainable=est.trainable_params, total=est.total_params, share=share)
     rows, buttons = [], []
     for i in range(SLOTS):
         if i < len(advice):
             s = advice[i]
-            rows.append(gr.update(visible=True, value=f"**{s.estimate.total_gib:.1f} GiB** · {s.description}  \n"
+            rows.append(gr.update(visible=True, value=f"**{s.estimate.total_gib:.1f} GiB** · {change_text(s, lang)}  \n"
                                                       f"`{' '.join(s.overrides)}`"))
             buttons.append(gr.update(visible=True))
         else:
@@ -105,3 +107,8 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
                                                   else t("mem.no_suggestion", lang))
     return [summary, params, memory_figure(est.parts, lang, capacity=gpu_gib), title] + rows + buttons + \
         [[s.overrides for s in advice]]
+
+
+def change_text(s: vram.Suggestion, lang: str) -> str:
+    """A suggestion in the UI's language; a combined one lists its changes with '; '."""
+    return ("；" if lang == "zh" else "; ").join(translated(part, lang) for part in s.description.split("; "))

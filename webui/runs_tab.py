@@ -16,6 +16,7 @@ from core.errors import WorkbenchError
 from webui import chat_tab
 from webui.charts import compare_figure, run_figure
 from webui.i18n import Translator, failed, t
+from webui.messages_zh import translated
 
 POLL_S = 1.0
 RUN_FIELDS = {"run": "runs.select"}          # the field names core raises with, to the labels shown
@@ -45,7 +46,7 @@ def progress_html(job: jobs.Job, lang: str) -> str:
     eta = f" · ETA {runview.format_duration(s['eta_s'])}" if s["eta_s"] else ""
     step = f"{s['step']}/{s['total_steps']}" if s["total_steps"] else ""
     color = {"failed": "#d9534f", "stopped": "#f0ad4e", "completed": "#5cb85c"}.get(job.state, "#4f6bed")
-    error = f"<pre class='run-error'>{html.escape(s['error'])}</pre>" if s["error"] and job.state == "failed" else ""
+    error = f"<pre class='run-error'>{html.escape(translated(s['error'], lang))}</pre>" if s["error"] and job.state == "failed" else ""
     if s["folder_missing"]:
         error += f"<div class='run-missing'>{html.escape(t('runs.folder_missing_note', lang, path=job.run_dir))}</div>"
     return (f"<div id='run-progress' data-state='{runview.shown_state(s)}' data-step='{s['step']}'>"
