@@ -487,6 +487,11 @@ class Supervisor:
             _set(job.id, state=state, error=error, finished_at=status.get("finished_at", time.time()), pid=None)
             return
         reason = cause or self._death_reason(child)
+        if job.dir.stop_asked(job.pid):     # Stop reached the worker before it could save a checkpoint
+            job.dir.write_status(state="stopped", finished_at=time.time())
+            _set(job.id, state="stopped", error=f"stopped before its first checkpoint ({reason})",
+                 finished_at=time.time(), pid=None)
+            return
         tail = job.dir.log_tail(12)
         error = f"{reason}{chr(10) + 'last log lines:' + chr(10) + tail if tail else ''}"
         job.dir.write_status(state="failed", error=reason, finished_at=time.time())

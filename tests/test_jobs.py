@@ -360,6 +360,21 @@ def test_a_stop_that_finds_the_run_just_started_leaves_it_to_the_worker(tiny_mod
     assert state(job.id) == "stopped" and job.dir.read_status()["state"] == "stopped"
 
 
+def test_a_stop_sent_as_the_worker_starts_ends_the_run_stopped_not_failed(tiny_model, workspace):
+    """The worker is signalled before it has set up its handler for Stop (it is still importing)."""
+    sup = jobs.Supervisor()
+    job = jobs.submit(cfg(tiny_model, steps=50))
+    until(lambda: jobs.get(job.id).pid, timeout=60, sup=sup)
+    jobs.stop(job.id)
+    until(lambda: state(job.id) not in jobs.ACTIVE, timeout=120, sup=sup)
+    sup.release()
+    ended = jobs.get(job.id)
+    assert ended.state == "stopped" and ended.dir.read_status()["state"] == "stopped", ended.error
+    assert ended.error.startswith("stopped before its first checkpoint") and not ended.dir.newest_checkpoint()
+    with pytest.raises(WorkbenchError, match="no checkpoint to resume from"):
+        jobs.resume(job.id)
+
+
 def test_a_run_asked_to_stop_reads_stopping_until_its_worker_ends(tiny_model, workspace, cli):
     """A worker mid-step takes a while to stop: this one, named for the run, does not stop at all.
     A resumed run's new worker is not 'stopping' for the Stop sent to the one before."""
