@@ -615,3 +615,10 @@ def test_merging_an_adapter_deleted_since_it_was_picked_says_so_in_the_merge_sec
 
     text, *listing = do_merge("gone-since-picked", "", "auto", "", None, "en", progress=lambda *a, **k: None)
     assert text.startswith("Error: **Adapter**: no adapter 'gone-since-picked' in the library") and len(listing) == 6
+
+
+def test_rename_with_nothing_picked_asks_for_a_pick(workspace):
+    from webui.library_tab import do_rename, guarded
+
+    text, *listing = guarded(do_rename)(None, "new-name", "", None, "zh")
+    assert text == "请先选择一个适配器。" and len(listing) == 6

@@ -246,6 +246,8 @@ def guarded(fn):
 
 
 def do_rename(ref, name, lang):
+    if not ref:
+        return t("lib.none", lang)
     return t("lib.renamed", lang, name=library.rename(ref, name).name)
 
 
