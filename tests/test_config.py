@@ -139,7 +139,7 @@ def test_a_refusal_in_the_other_tabs_names_the_box_by_its_label_never_the_intern
     assert failed(JobError("no run 'x'", field="run"), "en", runs_tab.RUN_FIELDS) == "Error: **Run**: no run 'x'"
     taken = ModelError("exports/m already exists", field="name")
     assert failed(taken, "en", library_tab.MERGE_FIELDS) == "Error: **Export name**: exports/m already exists"
-    assert failed(taken, "zh", library_tab.FIELDS) == "错误：**新名称**: exports/m already exists"
+    assert failed(taken, "zh", library_tab.FIELDS) == "错误：**新名称**：exports/m already exists"
     bad = DataError("not JSON", file="a.jsonl", line=4, field="files", hint="fix the line")
     assert failed(bad, "en", data_tab.SAVE_FIELDS) == "Error: **Upload data files (JSON, JSONL, CSV, Parquet, " \
         "TXT; several at once)**, `a.jsonl:4`: not JSON (fix the line)"

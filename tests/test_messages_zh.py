@@ -118,12 +118,12 @@ def test_hints_values_that_are_messages_and_unknown_text():
 def test_a_broken_json_file_and_an_unknown_key_read_wholly_in_chinese(tmp_path):
     with pytest.raises(ConfigError) as e:
         RunConfig.from_dict({"lora": {"rnak": 8}})
-    assert describe_error(e.value, "zh") == "`lora.rnak`: 未知的键（是不是想写 'lora.rank'？）"
+    assert describe_error(e.value, "zh") == "`lora.rnak`：未知的键（是不是想写 'lora.rank'？）"
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "q" "output": "a"}]')
     with pytest.raises(WorkbenchError) as e:
         check_file(bad)
-    assert failed(e.value, "zh") == f"错误：`{bad}:1`: 不是有效的 JSON：缺少 ','"
+    assert failed(e.value, "zh") == f"错误：`{bad}:1`：不是有效的 JSON：缺少 ','"
 
 
 def test_the_memory_panels_changes_read_in_chinese():
@@ -146,3 +146,14 @@ def test_the_memory_panels_changes_read_in_chinese():
                     assert zh != part and any("\u4e00" <= ch <= "\u9fff" for ch in zh), part
                 assert "; " not in change_text(s, "zh") and change_text(s, "en") == s.description
     assert len(seen) >= 6, seen
+
+
+def test_a_tag_like_value_stays_text_and_a_code_view_gets_no_markup():
+    from webui.i18n import plain
+
+    e = WorkbenchError("not a readable Parquet file (Could not open Parquet input source '<Buffer>')",
+                       field="lora.rank")
+    assert "&lt;Buffer&gt;" in failed(e, "en") and "<Buffer>" not in failed(e, "en")
+    assert plain(describe_error(e, "en")) == ("Rank (lora.rank): not a readable Parquet file (Could not open "
+                                              "Parquet input source '<Buffer>')")
+    assert plain(describe_error(e, "zh")).startswith("秩 (lora.rank)：不是可读取的 Parquet 文件")

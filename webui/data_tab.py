@@ -2,6 +2,7 @@
 the model will see them (trained tokens marked) and their token lengths; save to the library."""
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,7 @@ from core.errors import WorkbenchError
 from core.formats import FORMATS, mapping_fields
 from core.llamafactory import import_llamafactory
 from core.preview import length_stats, preview, preview_html
-from webui.i18n import Translator, failed, t
+from webui.i18n import Translator, failed, plain, t
 from webui.messages_zh import translated
 from webui.train_tab import model_choices
 
@@ -272,7 +273,8 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
     try:
         tok = tokenizer_for(model_name)
     except WorkbenchError as e:
-        return ["\n".join(lines), frame, failed(e, lang, {"model": "data.model"}), None, ""] + slots
+        box = f"<div class='data-preview-error'>{escape(plain(failed(e, lang, {'model': 'data.model'})))}</div>"
+        return ["\n".join(lines), frame, box, None, ""] + slots
     previews = preview(samples, tok, n=n, train_on=train_on, max_len=max_len, lines=sample_lines)
     html = preview_html(previews, {k: t(f"data.html.{k}", lang) for k in
                                    ("trained", "masked", "sample", "line", "tokens", "truncated", "dropped")})

@@ -5,6 +5,7 @@ Field labels and hints of the run form are not here: they live with the RunConfi
 """
 from __future__ import annotations
 
+import html
 import re
 
 import gradio as gr
@@ -277,6 +278,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "lib.mix_go": ("Mix", "混合"),
     "lib.mixed": ("Created **{name}**.", "已创建 **{name}**。"),
     "error": ("Error: {error}", "错误：{error}"),
+    "colon": (": ", "："),
+    "comma": (", ", "，"),
 }
 
 
@@ -292,9 +295,9 @@ def failed(e: WorkbenchError, lang: str, labels: dict[str, str] | None = None) -
     the file and line, then what is wrong. The Train form shows config keys, see describe_error."""
     key = (labels or {}).get(e.field or "")
     where = _where(e)
-    head = ", ".join(x for x in (f"**{t(key, lang)}**" if key else "", where) if x)
+    head = t("comma", lang).join(x for x in (f"**{t(key, lang)}**" if key else "", where) if x)
     text = explained(e, lang)
-    return t("error", lang, error=f"{head}: {text}" if head else text)
+    return t("error", lang, error=f"{head}{t('colon', lang)}{text}" if head else text)
 
 
 def _where(e: WorkbenchError) -> str:
@@ -302,23 +305,27 @@ def _where(e: WorkbenchError) -> str:
 
 
 def explained(e: WorkbenchError, lang: str) -> str:
-    """What is wrong and what to do, in the UI's language."""
-    text = translated(e.message, lang)
+    """What is wrong and what to do, in the UI's language, for Markdown: a '<' in a value (a file's
+    own words, a path) is text, not a tag the page would drop."""
+    text = html.escape(translated(e.message, lang), quote=False)
     if not e.hint:
         return text
-    hint = translated(e.hint, lang)
+    hint = html.escape(translated(e.hint, lang), quote=False)
     return f"{text}（{hint}）" if lang == "zh" else f"{text} ({hint})"
+
+
+def plain(markdown: str) -> str:
+    """An error's Markdown as plain text, for a code view or an HTML box."""
+    return html.unescape(markdown.replace("**", "").replace("`", ""))
 
 
 def describe_error(e: WorkbenchError, lang: str) -> str:
     """The field by its label and key, the file (and line) when one is to blame, then what is wrong."""
+    label = _label(e.field, lang) if e.field else None
+    named = "" if not e.field else f"**{label}** (`{e.field}`)" if label else f"`{e.field}`"
+    head = t("comma", lang).join(x for x in (named, _where(e)) if x)
     text = explained(e, lang)
-    where = _where(e)
-    if not e.field:
-        return f"{where}: {text}" if where else text
-    label = _label(e.field, lang)
-    named = f"**{label}** (`{e.field}`)" if label else f"`{e.field}`"
-    return f"{named}, {where}: {text}" if where else f"{named}: {text}"
+    return f"{head}{t('colon', lang)}{text}" if head else text
 
 
 def _label(field: str, lang: str) -> str | None:

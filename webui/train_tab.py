@@ -16,7 +16,7 @@ from core.config import RunConfig
 from core.errors import WorkbenchError
 from webui import memory_panel
 from webui.form import GROUPS, METHOD_LR, Form, build_group
-from webui.i18n import Translator, describe_error, t
+from webui.i18n import Translator, describe_error, plain, t
 
 GROUP_TITLES = {"model": "train.group.model", "lora": "train.group.lora", "quant": "train.group.quant",
                 "freeze": "train.group.freeze", "training": "train.group.training",
@@ -227,7 +227,7 @@ def _wire_form(tab: TrainTab, lang_state, preset, download) -> None:
         try:
             cfg = config_from_inputs(tab, list(values))
         except WorkbenchError as e:
-            return f"# {describe_error(e, lang)}\n", gr.update(value=None)
+            return f"# {plain(describe_error(e, lang))}\n", gr.update(value=None)
         path = _DOWNLOADS / (request.session_hash or "local") / "config.yaml"     # one file per browser tab
         path.parent.mkdir(exist_ok=True)
         path.write_text(cfg.to_yaml())
