@@ -157,3 +157,10 @@ def test_a_tag_like_value_stays_text_and_a_code_view_gets_no_markup():
     assert plain(describe_error(e, "en")) == ("Rank (lora.rank): not a readable Parquet file (Could not open "
                                               "Parquet input source '<Buffer>')")
     assert plain(describe_error(e, "zh")).startswith("秩 (lora.rank)：不是可读取的 Parquet 文件")
+
+
+def test_values_that_are_words_are_translated_and_quoted_names_kept():
+    assert translated("-1.0 is too small: must be greater than 0.0", "zh") == "-1.0 过小：必须大于 0.0"
+    assert translated("field 'messages' should be text, got a list", "zh") == "字段 'messages' 应为文本，实际为 列表"
+    assert translated("missing field 'text'", "zh") == "缺少字段 'text'"          # a column named text
+    assert translated("only a queued run can be moved; this one is failed", "zh").endswith("此运行状态为 失败")
