@@ -6,6 +6,8 @@ with it. The child is `python -m core ...`, the same command a user types; its p
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from core.errors import WorkbenchError
+from core.errors import ERROR_AS_JSON, WorkbenchError
 from core.workspace import home
 
 PROGRESS_LINE = re.compile(r"^\[\s*(\d+)%\] (.*)$")
@@ -25,7 +27,7 @@ def run_core_command(args: list[str], progress: Callable[[float, str], None] | N
     A refusal or failure raises WorkbenchError with the command's own message."""
     argv = [sys.executable, "-m", "core", "--workspace", str(home()), *args]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, errors="replace", cwd=ROOT)
+                            text=True, errors="replace", cwd=ROOT, env={**os.environ, ERROR_AS_JSON: "1"})
     other = []
     try:
         for line in proc.stderr:
@@ -43,7 +45,18 @@ def run_core_command(args: list[str], progress: Callable[[float, str], None] | N
             proc.wait()
     if code == 0:
         return out.strip()
-    raise WorkbenchError(failure_text(code, other))
+    raise refusal(other) or WorkbenchError(failure_text(code, other))
+
+
+def refusal(stderr_lines: list[str]) -> WorkbenchError | None:
+    """The command's own error, with its field, file and line, when it refused."""
+    for line in reversed(stderr_lines):
+        if line.startswith("error-json: "):
+            try:
+                return WorkbenchError(**json.loads(line[len("error-json: "):]))
+            except (ValueError, TypeError):
+                return None
+    return None
 
 
 def failure_text(code: int, stderr_lines: list[str]) -> str:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 
+ERROR_AS_JSON = "WORKBENCH_ERROR_JSON"     # set: the command line adds an "error-json: {...}" line
+
+
 class WorkbenchError(Exception):
     """A problem the user can fix. Rendered as one clear line by the CLI and the UI."""
 

@@ -594,8 +594,11 @@ def test_merge_and_mix_run_as_child_processes_with_progress_and_the_clis_refusal
                             progress=lambda fraction, message: seen.append(fraction))
     assert path == str(ws / "exports" / "child") and (ws / "exports" / "child" / "config.json").is_file()
     assert seen and seen == sorted(seen) and seen[-1] == 1.0
-    with pytest.raises(WorkbenchError, match="exports/child already exists"):
+    with pytest.raises(WorkbenchError) as refused:
         run_core_command(["merge", "--adapter", "general", "--out", "child"])
+    # The child's own error, in its parts: the field is named apart, for the UI to label.
+    assert refused.value.message == "exports/child already exists; choose another name"
+    assert refused.value.field == "name"
     run_core_command(["library", "mix", "identity", "general", "--weights", "0.5", "0.5", "--name", "halves"])
     assert library.get("halves").name == "halves"
     assert "ran out of memory" in failure_text(-9, ["[ 30%] loading the base"])
