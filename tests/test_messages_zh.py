@@ -84,7 +84,7 @@ def test_each_entry_carries_every_value(en, zh):
     count = sum(1 for _, name, _, _ in string.Formatter().parse(en) if name is not None)
     used = {name for _, name, _, _ in string.Formatter().parse(zh) if name is not None}
     assert used == {str(i) for i in range(count)}
-    assert any("\u4e00" <= ch <= "\u9fff" for ch in zh)
+    assert any(ch >= "\u2e80" for ch in zh)          # Chinese words or punctuation
     values = [f"<{i}>" for i in range(count)]
     assert translated(en.format(*values), "zh") == zh.format(*values)
 
@@ -164,3 +164,16 @@ def test_values_that_are_words_are_translated_and_quoted_names_kept():
     assert translated("field 'messages' should be text, got a list", "zh") == "字段 'messages' 应为文本，实际为 列表"
     assert translated("missing field 'text'", "zh") == "缺少字段 'text'"          # a column named text
     assert translated("only a queued run can be moved; this one is failed", "zh").endswith("此运行状态为 失败")
+
+
+def test_the_tabs_words_from_core_read_in_chinese():
+    from types import SimpleNamespace
+
+    from webui.data_tab import format_label
+    from webui.runs_tab import memory_line
+
+    report = SimpleNamespace(format="messages", label="Chat messages (role / content) with tools")
+    assert format_label(report, "zh") == "对话消息（role / content） with tools"
+    assert format_label(report, "en") == report.label
+    line = memory_line({"estimate_gib": 1.5, "peak_mem_gib": 2.0, "mem_device": "cpu (peak RSS)"}, "zh")
+    assert "实测峰值 2.00 GiB (CPU 内存（峰值常驻内存）)" in line

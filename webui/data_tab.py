@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from core import dataset_library as dl
 from core import models
 from core.config import EMBEDDED_MODEL, DataOptions, field_meta
-from core.data import check_files
+from core.data import FORMAT_NAMES, check_files
 from core.errors import WorkbenchError
 from core.formats import FORMATS, mapping_fields
 from core.llamafactory import import_llamafactory
@@ -249,6 +249,13 @@ def do_lf(folder, lang):
     return ("\n".join(lines), *listing(lang))
 
 
+def format_label(report, lang: str) -> str:
+    """The detected format in words; its name translated, the variant and tools noted as core says them."""
+    label = getattr(report, "label", report.format)
+    name = FORMAT_NAMES.get(report.format, "")
+    return translated(name, lang) + label[len(name):] if name and label.startswith(name) else label
+
+
 def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values):
     """The report, preview and histogram of every readable file together."""
     lines, rows, samples, sample_lines = [], [], [], []
@@ -261,7 +268,7 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
         r = c.report
         report_fmt = report_fmt or r.format
         columns_found = columns_found or list(getattr(r, "columns_found", []) or [])
-        lines.append("- " + t("data.file_ok", lang, file=c.file, label=getattr(r, "label", r.format), read=r.rows_read,
+        lines.append("- " + t("data.file_ok", lang, file=c.file, label=format_label(r, lang), read=r.rows_read,
                        usable=r.rows_usable))
         rows += [[c.file, p.line, translated(p.message, lang)] for p in r.problems]
         samples += r.samples

@@ -91,7 +91,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     # runs tab
     "runs.list": ("Runs", "运行列表"),
     "runs.memory": ("Memory: estimated {estimated} per GPU, measured peak {measured}",
-                    "内存：估算每张 GPU {estimated}，实测峰值 {measured}"),
+                    "显存：估算每张 GPU {estimated}，实测峰值 {measured}"),
+    "runs.setting": ("setting", "设置"),
     "runs.select": ("Run", "运行"),
     "runs.refresh": ("Refresh", "刷新"),
     "runs.stop": ("Stop", "停止"),
@@ -244,6 +245,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "lib.zip": ("Prepare zip", "打包 zip"),
     "lib.zip_ready": ("Download zip", "下载 zip"),
     "lib.config": ("Config", "配置"),
+    "lib.combination": ("Combination", "组合方式"),
     "lib.memory": ("**Memory** · estimated {estimated} · measured {measured} {device}",
                    "**显存** · 估算 {estimated} · 实测 {measured} {device}"),
     "lib.manage": ("Rename or delete", "重命名或删除"),

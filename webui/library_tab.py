@@ -17,6 +17,7 @@ from core.errors import WorkbenchError
 from webui import chat_tab
 from webui.charts import run_figure
 from webui.i18n import Translator, failed, t
+from webui.messages_zh import translated
 
 ALL = ""
 # The field names core raises with, to the labels shown.
@@ -35,7 +36,7 @@ def table(base: str, lang: str) -> pd.DataFrame:
         rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, loss(a.train_loss), loss(a.eval_loss),
                      a.steps or "", ra, short_list(a.target_modules),
                      short_list([d.rsplit("/", 1)[-1] for d in a.datasets]), a.size,
-                     a.created.replace("T", " ")[:16], a.source])
+                     a.created.replace("T", " ")[:16], translated(a.source, lang)])
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -65,7 +66,7 @@ def memory_text(detail, lang: str) -> str:
     est_total = est.get("total_gib") if isinstance(est, dict) else None
     return t("lib.memory", lang, estimated=f"{est_total:.2f} GiB" if est_total else "—",
              measured=f"{measured['peak_mem_gib']:.2f} GiB" if measured.get("peak_mem_gib") else "—",
-             device=measured.get("mem_device", ""))
+             device=translated(measured.get("mem_device", ""), lang))
 
 
 def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> SimpleNamespace:
@@ -91,7 +92,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> SimpleNames
                        [c.import_message] + listing)
     c.mix_btn.click(guarded(do_mix), [c.mix_pick, c.weights, c.combination, c.density, c.mix_name] + tail,
                     [c.mix_message] + listing)
-    c.combination.change(lambda v: gr.update(info=COMBINATION_HELP.get(v, "")), c.combination, c.combination)
+    c.combination.change(lambda v, lang: gr.update(info=translated(COMBINATION_HELP.get(v, ""), lang)),
+                         [c.combination, lang_state], c.combination)
     c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype] + tail, [c.merge_message] + listing)
     c.zip_prepare.click(do_zip, [c.pick, lang_state], [c.zip_button, c.message])
     c.export_delete.click(on_delete_export, [c.export_pick, c.export_confirm] + tail,
@@ -173,8 +175,10 @@ def _layout_mix(c, tr: Translator, lang: str) -> None:
             c.weights = tr.add(gr.Textbox(label=t("lib.weights", lang), info=t("lib.weights_hint", lang),
                                           max_lines=1, scale=2), "lib.weights", "labelinfo")
         with gr.Row():
-            c.combination = gr.Dropdown(choices=list(COMBINATIONS), value="linear", label="combination",
-                                        info=COMBINATION_HELP.get("linear", ""), scale=2)
+            c.combination = tr.add(gr.Dropdown(choices=list(COMBINATIONS), value="linear",
+                                               label=t("lib.combination", lang),
+                                               info=translated(COMBINATION_HELP["linear"], lang), scale=2),
+                                   "lib.combination")
             c.density = tr.add(gr.Slider(0.05, 1.0, value=0.5, step=0.05, label=t("lib.density", lang), scale=1),
                                "lib.density")
             c.mix_name = tr.add(gr.Textbox(label=t("lib.new_name", lang), max_lines=1, scale=2), "lib.new_name")

@@ -61,7 +61,8 @@ def memory_line(s: dict, lang: str) -> str:
     if not s["estimate_gib"] and not s["peak_mem_gib"]:
         return ""
     gib = lambda v: f"{v:.2f} GiB" if v else "—"
-    measured = gib(s["peak_mem_gib"]) + (f" ({html.escape(s['mem_device'])})" if s["mem_device"] else "")
+    device = html.escape(translated(s["mem_device"], lang)) if s["mem_device"] else ""
+    measured = gib(s["peak_mem_gib"]) + (f" ({device})" if device else "")
     return (f"<div class='run-memory' style='font-size:12px;margin-top:4px'>"
             f"{t('runs.memory', lang, estimated=gib(s['estimate_gib']), measured=measured)}</div>")
 
@@ -146,7 +147,8 @@ def compare(ids, lang):
     names = runview.run_labels(jobs_by_id)
     curves = {names[i]: j.dir.read_metrics() for i, j in jobs_by_id.items()}
     diffs = runview.differing_settings({names[i]: j.dir.read_config() for i, j in jobs_by_id.items()})
-    frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()], columns=["setting", *curves.keys()])
+    frame = pd.DataFrame([[k, *map(str, v)] for k, v in diffs.items()],
+                         columns=[t("runs.setting", lang), *curves.keys()])
     return compare_figure(curves, lang), frame
 
 
