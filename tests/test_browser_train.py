@@ -59,6 +59,19 @@ def test_a_bad_field_is_refused_with_its_name(page):
     set_field(page, "field-lora-rank", 8)
 
 
+def test_a_yaml_with_a_typo_is_refused_by_its_own_name_and_line(page, tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model: m\nlora:\n  rnak: 8\n")
+    page.locator("#preview-box").get_by_text("Config and command").click()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#load-yaml").click()
+    chooser.value.set_files(str(typo))
+    page.locator("#train-message").get_by_text("unknown key").wait_for()
+    text = page.locator("#train-message").inner_text()
+    assert "typo.yaml:3" in text and "/typo.yaml" not in text and "did you mean 'lora.rank'" in text
+    page.locator("#preview-box").get_by_text("Config and command").click()
+
+
 def test_download_gives_the_config_of_the_form_from_one_file_per_tab(page):
     page.locator("#preview-box").get_by_text("Config and command").click()
     for rank in (12, 24):

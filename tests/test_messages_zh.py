@@ -177,3 +177,11 @@ def test_the_tabs_words_from_core_read_in_chinese():
     assert format_label(report, "en") == report.label
     line = memory_line({"estimate_gib": 1.5, "peak_mem_gib": 2.0, "mem_device": "cpu (peak RSS)"}, "zh")
     assert "实测峰值 2.00 GiB (CPU 内存（峰值常驻内存）)" in line
+
+
+def test_a_field_is_named_once_and_a_box_beside_the_form_by_its_label():
+    assert describe_error(ConfigError("expected a mapping, got 5", field="train"), "en") == \
+        "`train`: expected a mapping, got 5"
+    refused = ConfigError("give the preset a name (letters, digits, - _ .)", field="preset")
+    assert describe_error(refused, "zh", {"preset": "train.preset_name"}) == \
+        "**预设名称**：请为预设命名（字母、数字、- _ .）"

@@ -286,7 +286,8 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
     html = preview_html(previews, {k: t(f"data.html.{k}", lang) for k in
                                    ("trained", "masked", "sample", "line", "tokens", "truncated", "dropped")})
     stats = length_stats(samples, tok, max_len, train_on=train_on, max_rows=5000)
-    summary = t("data.length_summary", lang, share=100 * stats.truncated_share, n=stats.truncated, max_len=max_len,
+    summary = t("data.length_summary" if stats.truncated else "data.length_fits", lang,
+                share=100 * stats.truncated_share, n=stats.truncated, max_len=max_len,
                 p95=stats.suggested_95, p99=stats.suggested_99, longest=stats.longest)
     return ["\n".join(lines), frame, html, histogram(stats, lang), summary] + slots
 

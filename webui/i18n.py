@@ -211,6 +211,8 @@ STRINGS: dict[str, tuple[str, str]] = {
                             "A max length of **{p95}** keeps 95% whole, **{p99}** keeps 99% (longest: {longest}).",
                             "{share:.1f}% 的样本（{n} 条）超过 {max_len} 个 token，会被截断。最大长度设为 **{p95}** "
                             "可完整保留 95%，**{p99}** 可保留 99%（最长：{longest}）。"),
+    "data.length_fits": ("No row is longer than {max_len} tokens: none is cut (longest: {longest}).",
+                         "没有样本超过 {max_len} 个 token，不会截断（最长：{longest}）。"),
     "data.name": ("Dataset name", "数据集名称"),
     "data.save": ("Save to library", "保存到数据集库"),
     "data.nothing": ("Upload a file first.", "请先上传文件。"),
@@ -321,13 +323,23 @@ def plain(markdown: str) -> str:
     return html.unescape(markdown.replace("**", "").replace("`", ""))
 
 
-def describe_error(e: WorkbenchError, lang: str) -> str:
-    """The field by its label and key, the file (and line) when one is to blame, then what is wrong."""
-    label = _label(e.field, lang) if e.field else None
-    named = "" if not e.field else f"**{label}** (`{e.field}`)" if label else f"`{e.field}`"
-    head = t("comma", lang).join(x for x in (named, _where(e)) if x)
+def describe_error(e: WorkbenchError, lang: str, labels: dict[str, str] | None = None) -> str:
+    """The field by its label and key, the file (and line) when one is to blame, then what is wrong.
+    `labels` names the boxes beside the form (the preset's name) by their label keys."""
+    head = t("comma", lang).join(x for x in (_named(e, lang, labels), _where(e)) if x)
     text = explained(e, lang)
     return f"{head}{t('colon', lang)}{text}" if head else text
+
+
+def _named(e: WorkbenchError, lang: str, labels: dict[str, str] | None) -> str:
+    """The field to blame: a box by its label, or a config key with its label when it has one."""
+    if not e.field:
+        return ""
+    key = (labels or {}).get(e.field)
+    if key:
+        return f"**{t(key, lang)}**"
+    label = _label(e.field, lang)
+    return f"**{label}** (`{e.field}`)" if label and label != e.field else f"`{e.field}`"
 
 
 def _label(field: str, lang: str) -> str | None:

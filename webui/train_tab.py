@@ -143,8 +143,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
             with tr.add(gr.Accordion(t("train.preview", lang), open=False, elem_id="preview-box"), "train.preview"):
                 preview = gr.Code(value=preview_text(cfg, lang), language="yaml", elem_id="preview")
                 with gr.Row():
-                    load_yaml = tr.add(gr.UploadButton(t("train.load_yaml", lang), file_types=[".yaml", ".yml"]),
-                                       "train.load_yaml")
+                    load_yaml = tr.add(gr.UploadButton(t("train.load_yaml", lang), file_types=[".yaml", ".yml"],
+                                                       elem_id="load-yaml"), "train.load_yaml")
                     download = tr.add(gr.DownloadButton(t("train.download_yaml", lang), elem_id="download-yaml"),
                                       "train.download_yaml")
     tab = TrainTab(form, datasets, ratios, groups, message, preview)
@@ -204,12 +204,14 @@ def _refresh_models(tab: TrainTab) -> None:
 
 
 def _wire_form(tab: TrainTab, lang_state, preset, download) -> None:
-    """A preset fills the form; the method shows its groups; every change redraws the preview."""
+    """A preset fills the form; the method shows its groups; every change (of the language too) redraws
+    the preview."""
     def on_preset(name, lang):
         try:
             return tab.fill(presets.load(name)) + [""]
         except WorkbenchError as e:
-            return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang))]
+            return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang,
+                                                                                       {"preset": "train.preset"}))]
 
     preset.input(on_preset, [preset, lang_state], tab.inputs + [tab.message])
 
@@ -233,8 +235,8 @@ def _wire_form(tab: TrainTab, lang_state, preset, download) -> None:
         path.write_text(cfg.to_yaml())
         return preview_text(cfg, lang), gr.update(value=str(path))
 
-    gr.on([c.change for c in tab.inputs], on_change, [lang_state] + tab.inputs, [tab.preview, download],
-          show_progress="hidden", trigger_mode="always_last")
+    gr.on([c.change for c in tab.inputs] + [lang_state.change], on_change, [lang_state] + tab.inputs,
+          [tab.preview, download], show_progress="hidden", trigger_mode="always_last")
 
 
 def _wire_start(tab: TrainTab, lang_state, start, nonce) -> None:
@@ -267,7 +269,7 @@ def _wire_files(tab: TrainTab, lang_state, preset, preset_name, save_preset, loa
         try:
             presets.save(name, config_from_inputs(tab, list(values)))
         except WorkbenchError as e:
-            return t("error", lang, error=describe_error(e, lang)), gr.skip()
+            return t("error", lang, error=describe_error(e, lang, {"preset": "train.preset_name"})), gr.skip()
         return t("train.preset_saved", lang, name=presets.safe_name(name)), gr.update(choices=list(presets.available()))
 
     save_preset.click(on_save, [preset_name, lang_state] + tab.inputs, [tab.message, preset])
@@ -276,6 +278,8 @@ def _wire_files(tab: TrainTab, lang_state, preset, preset_name, save_preset, loa
         try:
             cfg = RunConfig.load(file)
         except WorkbenchError as e:
+            if e.file and Path(e.file) == Path(file):      # the name it was uploaded with, not gradio's copy
+                e.file = Path(file).name
             return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang))]
         return tab.fill(cfg) + [t("train.yaml_loaded", lang, file=Path(file).name)]
 
