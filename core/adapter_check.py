@@ -39,8 +39,8 @@ def find_root(folder: Path) -> Path:
         return found[0]
     if len(found) > 1:
         raise ModelError(f"'{folder}' holds {len(found)} adapters ({', '.join(p.name for p in found)}); import "
-                         f"one at a time", file=str(folder))
-    raise ModelError(f"no {CONFIG} in '{folder}': this is not a PEFT adapter", file=str(folder))
+                         f"one at a time", field="source")
+    raise ModelError(f"no {CONFIG} in '{folder}': this is not a PEFT adapter", field="source")
 
 
 def read_config(root: Path) -> dict:

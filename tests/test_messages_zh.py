@@ -185,3 +185,9 @@ def test_a_field_is_named_once_and_a_box_beside_the_form_by_its_label():
     refused = ConfigError("give the preset a name (letters, digits, - _ .)", field="preset")
     assert describe_error(refused, "zh", {"preset": "train.preset_name"}) == \
         "**预设名称**：请为预设命名（字母、数字、- _ .）"
+
+
+def test_an_empty_llamafactory_folder_box_asks_for_the_folder():
+    from webui.data_tab import do_lf
+
+    assert do_lf("  ", "zh")[0] == "请先填写文件夹。"

@@ -240,6 +240,8 @@ def do_hub(repo, subset, split, lang):
 
 
 def do_lf(folder, lang):
+    if not (folder or "").strip():
+        return t("data.lf_none", lang), gr.skip(), gr.skip()
     try:
         results = import_llamafactory(folder.strip())
     except WorkbenchError as e:

@@ -22,7 +22,7 @@ from webui.messages_zh import translated
 ALL = ""
 # The field names core raises with, to the labels shown.
 FIELDS = {"adapter": "lib.pick", "adapters": "lib.mix_pick", "weights": "lib.weights", "density": "lib.density",
-          "base_model": "lib.import_base", "source": "lib.import_folder", "name": "lib.new_name",
+          "base_model": "lib.import_base", "source": "lib.import_source", "name": "lib.new_name",
           "export": "lib.export_pick", "dtype": "lib.dtype"}
 MERGE_FIELDS = {**FIELDS, "name": "lib.export_name", "base_model": "lib.filter"}
 
