@@ -530,7 +530,7 @@ class Supervisor:
                                  workspace=str(home()), resume=bool(job.resume))
         except WorkbenchError as e:
             _set(job.id, state="failed", error=str(e), position=None, finished_at=time.time())
-            run.write_status(state="failed", error=str(e), finished_at=time.time())
+            run.write_status(state="failed", error=str(e), error_detail=e.to_dict(), finished_at=time.time())
             return False
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **cmd.env}
         with db.transaction() as conn:

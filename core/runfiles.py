@@ -98,6 +98,8 @@ class RunDir:
 
     def write_status(self, **fields) -> dict:
         status = self.read_status()
+        if "error" in fields:               # a new error replaces the parts of an older one
+            fields.setdefault("error_detail", None)
         status.update(fields, updated_at=time.time())
         if is_main():
             atomic_write_json(self.status, status)

@@ -19,6 +19,7 @@ def summary(job: Job) -> dict:
         "eta_s": status.get("eta_s") if job.state == "running" else None,
         "started": started, "duration_s": (end - started) if started and end else None,
         "final_loss": job.dir.last_metric("loss"), "error": job.error or status.get("error"),
+        "error_detail": status.get("error_detail") if job.state == "failed" else None,   # a refusal's parts
         "queue_position": queue_position(job.id) if job.state == "queued" else None,
         "peak_mem_gib": status.get("peak_mem_gib"), "mem_device": status.get("mem_device"),
         "estimate_gib": status.get("estimate_gib"), "folder_missing": folder_missing(job),

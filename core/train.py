@@ -296,7 +296,7 @@ def prepare(cfg: RunConfig, run_dir: RunDir, resume: bool) -> Prepared:
         loss_path = (fused_loss.enable(model, liger) if cfg.train.fused_loss else None) or "standard"
     except WorkbenchError as e:
         if existed:
-            run_dir.write_status(state="failed", error=str(e), finished_at=time.time())
+            run_dir.write_status(state="failed", error=str(e), error_detail=e.to_dict(), finished_at=time.time())
         raise
     except Exception as e:
         if is_out_of_memory(e):         # QLoRA places the base on the GPU while it loads

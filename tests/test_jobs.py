@@ -397,3 +397,25 @@ def test_a_run_asked_to_stop_reads_stopping_until_its_worker_ends(tiny_model, wo
         assert not jobs.get(job.id).stopping
     finally:
         worker.kill()
+
+
+def test_a_run_its_worker_refuses_shows_why_by_field_in_the_ui_language(tiny_model, workspace, tmp_path):
+    """The data file is deleted after the run was queued: the worker refuses it, field and file apart."""
+    from core import runview
+    from webui.runs_tab import error_text
+
+    data = tmp_path / "gone.jsonl"
+    data.write_text(DATA.read_text())
+    job = jobs.submit(RunConfig.from_dict({"model": str(tiny_model), "name": "gone", "datasets": [str(data)],
+                                           "train": {"max_steps": 2, "batch_size": 2}}))
+    data.unlink()
+    sup = jobs.Supervisor()
+    until(lambda: state(job.id) == "failed", timeout=180, sup=sup)
+    sup.release()
+    summary = runview.summary(jobs.get(job.id))
+    assert summary["error_detail"]["field"] == "datasets"
+    assert error_text(summary, "en") == f"Datasets (datasets), {data}: no such file, and no saved dataset of that name"
+    assert error_text(summary, "zh") == f"数据集 (datasets)，{data}：没有该文件，也没有同名的已保存数据集"
+    job.dir.write_status(state="failed", error="a later crash")     # resumed, then failed otherwise
+    jobs._set(job.id, error="a later crash")
+    assert error_text(runview.summary(jobs.get(job.id)), "zh") == "a later crash"

@@ -15,7 +15,7 @@ from core import chat_choices, jobs, runview
 from core.errors import WorkbenchError
 from webui import chat_tab
 from webui.charts import compare_figure, run_figure
-from webui.i18n import Translator, failed, t
+from webui.i18n import Translator, describe_error, failed, plain, t
 from webui.messages_zh import translated
 
 POLL_S = 1.0
@@ -46,7 +46,8 @@ def progress_html(job: jobs.Job, lang: str) -> str:
     eta = f" · ETA {runview.format_duration(s['eta_s'])}" if s["eta_s"] else ""
     step = f"{s['step']}/{s['total_steps']}" if s["total_steps"] else ""
     color = {"failed": "#d9534f", "stopped": "#f0ad4e", "completed": "#5cb85c"}.get(job.state, "#4f6bed")
-    error = f"<pre class='run-error'>{html.escape(translated(s['error'], lang))}</pre>" if s["error"] and job.state == "failed" else ""
+    failed_now = s["error"] and job.state == "failed"
+    error = f"<pre class='run-error'>{html.escape(error_text(s, lang))}</pre>" if failed_now else ""
     if s["folder_missing"]:
         error += f"<div class='run-missing'>{html.escape(t('runs.folder_missing_note', lang, path=job.run_dir))}</div>"
     return (f"<div id='run-progress' data-state='{runview.shown_state(s)}' data-step='{s['step']}'>"
@@ -54,6 +55,18 @@ def progress_html(job: jobs.Job, lang: str) -> str:
             f"<div style='background:#eee;border-radius:4px;height:12px;margin-top:4px'>"
             f"<div style='width:{pct:.1f}%;background:{color};height:12px;border-radius:4px'></div></div>"
             f"{memory_line(s, lang)}{error}</div>")
+
+
+def error_text(s: dict, lang: str) -> str:
+    """Why a run failed: a refusal by its field, file and line, in the UI's language; other failures
+    (a crash, a log's root cause) as the worker wrote them."""
+    detail = s.get("error_detail")
+    if isinstance(detail, dict) and detail.get("message"):
+        try:
+            return plain(describe_error(WorkbenchError(**detail), lang))
+        except TypeError:           # a status.json edited by hand
+            pass
+    return translated(s["error"], lang)
 
 
 def memory_line(s: dict, lang: str) -> str:
