@@ -331,17 +331,18 @@ def stop(job_id: str) -> Job:
         raise JobError(f"run is {job.state}, not running", field="run")
     if not pid_alive(job.pid, job.id, job.dir.log):
         raise JobError("the run's process is gone; the list marks the run failed in a moment", field="run")
+    try:                                # marked first: the supervisor may see the worker end at once
+        job.dir.mark_stop_asked(job.pid)
+    except OSError:                     # the folder deleted by hand: the worker still stops
+        pass
     try:
         if _started_by_queue(job):      # torchrun and its workers: the group the supervisor made
             os.killpg(job.pid, signal.SIGTERM)
         else:                           # started by hand: that process only, not the shell's pipeline
             os.kill(job.pid, signal.SIGTERM)
     except ProcessLookupError:
+        job.dir.clear_stop_asked()
         raise JobError("the run's process has just ended; the list shows how in a moment", field="run") from None
-    try:
-        job.dir.mark_stop_asked(job.pid)
-    except OSError:                     # the folder deleted by hand: the worker still stops
-        pass
     return job
 
 
@@ -487,8 +488,8 @@ class Supervisor:
             _set(job.id, state=state, error=error, finished_at=status.get("finished_at", time.time()), pid=None)
             return
         reason = cause or self._death_reason(child)
-        if job.dir.stop_asked(job.pid):     # Stop reached the worker before it could save a checkpoint
-            job.dir.write_status(state="stopped", finished_at=time.time())
+        if job.dir.stop_asked(job.pid) and state != "running":   # Stop came before the worker could handle it
+            job.dir.write_status(state="stopped", error=None, finished_at=time.time())
             _set(job.id, state="stopped", error=f"stopped before its first checkpoint ({reason})",
                  finished_at=time.time(), pid=None)
             return

@@ -370,7 +370,8 @@ def test_a_stop_sent_as_the_worker_starts_ends_the_run_stopped_not_failed(tiny_m
     sup.release()
     ended = jobs.get(job.id)
     assert ended.state == "stopped" and ended.dir.read_status()["state"] == "stopped", ended.error
-    assert ended.error.startswith("stopped before its first checkpoint") and not ended.dir.newest_checkpoint()
+    assert (ended.error or "").startswith("stopped before its first checkpoint"), ended.error
+    assert not ended.dir.newest_checkpoint()
     with pytest.raises(WorkbenchError, match="no checkpoint to resume from"):
         jobs.resume(job.id)
 
@@ -415,7 +416,7 @@ def test_a_run_its_worker_refuses_shows_why_by_field_in_the_ui_language(tiny_mod
     summary = runview.summary(jobs.get(job.id))
     assert summary["error_detail"]["field"] == "datasets"
     assert error_text(summary, "en") == f"Datasets (datasets), {data}: no such file, and no saved dataset of that name"
-    assert error_text(summary, "zh") == f"数据集 (datasets)，{data}：没有该文件，也没有同名的已保存数据集"
+    assert error_text(summary, "zh") == f"数据集（datasets），{data}：没有该文件，也没有同名的已保存数据集"
     job.dir.write_status(state="failed", error="a later crash")     # resumed, then failed otherwise
     jobs._set(job.id, error="a later crash")
     assert error_text(runview.summary(jobs.get(job.id)), "zh") == "a later crash"

@@ -86,7 +86,7 @@ def test_each_entry_carries_every_value(en, zh):
     assert used == {str(i) for i in range(count)}
     assert any(ch >= "\u2e80" for ch in zh)          # Chinese words or punctuation
     values = [f"<{i}>" for i in range(count)]
-    assert translated(en.format(*values), "zh") == zh.format(*values)
+    assert translated(en.format(*values), "zh") == zh.replace("!n}", "}").format(*values)
 
 
 def test_a_config_error_reads_in_chinese_with_its_value_and_field():
@@ -110,7 +110,8 @@ def test_a_data_error_names_its_file_and_line_in_chinese(tmp_path):
 def test_hints_values_that_are_messages_and_unknown_text():
     e = WorkbenchError("no preset named 'x'", hint="upload the files instead")
     assert failed(e, "zh") == "错误：没有名为 'x' 的预设（请改为上传文件）"
-    assert translated("no usable rows (e.g. line 3: missing field 'output')", "zh").startswith("没有可用的行")
+    assert translated("no usable rows (e.g. line 3: missing field 'output')", "zh") == \
+        "没有可用的行（例如第 3 行：缺少字段 'output'）"
     assert translated("something core never says", "zh") == "something core never says"
     assert translated("no run 'a'", "en") == "no run 'a'"
 
@@ -156,13 +157,14 @@ def test_a_tag_like_value_stays_text_and_a_code_view_gets_no_markup():
     assert "&lt;Buffer&gt;" in failed(e, "en") and "<Buffer>" not in failed(e, "en")
     assert plain(describe_error(e, "en")) == ("Rank (lora.rank): not a readable Parquet file (Could not open "
                                               "Parquet input source '<Buffer>')")
-    assert plain(describe_error(e, "zh")).startswith("秩 (lora.rank)：不是可读取的 Parquet 文件")
+    assert plain(describe_error(e, "zh")).startswith("秩（lora.rank）：不是可读取的 Parquet 文件")
 
 
 def test_values_that_are_words_are_translated_and_quoted_names_kept():
     assert translated("-1.0 is too small: must be greater than 0.0", "zh") == "-1.0 过小：必须大于 0.0"
     assert translated("field 'messages' should be text, got a list", "zh") == "字段 'messages' 应为文本，实际为 列表"
     assert translated("missing field 'text'", "zh") == "缺少字段 'text'"          # a column named text
+    assert translated("exports/mixed already exists; choose another name", "zh") == "exports/mixed 已存在；请换一个名称"
     assert translated("only a queued run can be moved; this one is failed", "zh").endswith("此运行状态为 失败")
 
 
@@ -172,11 +174,12 @@ def test_the_tabs_words_from_core_read_in_chinese():
     from webui.data_tab import format_label
     from webui.runs_tab import memory_line
 
-    report = SimpleNamespace(format="messages", label="Chat messages (role / content) with tools")
-    assert format_label(report, "zh") == "对话消息（role / content） with tools"
+    report = SimpleNamespace(format="messages", variant=None, features={"tools": 3},
+                             label="Chat messages (role / content) with tools")
+    assert format_label(report, "zh") == "对话消息（role / content），含工具"
     assert format_label(report, "en") == report.label
     line = memory_line({"estimate_gib": 1.5, "peak_mem_gib": 2.0, "mem_device": "cpu (peak RSS)"}, "zh")
-    assert "实测峰值 2.00 GiB (CPU 内存（峰值常驻内存）)" in line
+    assert "实测峰值 2.00 GiB (CPU 峰值常驻内存)" in line
 
 
 def test_a_field_is_named_once_and_a_box_beside_the_form_by_its_label():

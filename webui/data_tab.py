@@ -246,16 +246,19 @@ def do_lf(folder, lang):
         results = import_llamafactory(folder.strip())
     except WorkbenchError as e:
         return failed(e, lang), gr.skip(), gr.skip()
-    lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {translated(r.error['message'], lang)}"
-             for r in results]
+    why = lambda r: escape(translated(r.error["message"], lang), quote=False)
+    lines = [f"- **{r.entry}** → {r.name}" if r.name else f"- **{r.entry}**: {why(r)}" for r in results]
     return ("\n".join(lines), *listing(lang))
 
 
 def format_label(report, lang: str) -> str:
-    """The detected format in words; its name translated, the variant and tools noted as core says them."""
-    label = getattr(report, "label", report.format)
-    name = FORMAT_NAMES.get(report.format, "")
-    return translated(name, lang) + label[len(name):] if name and label.startswith(name) else label
+    """The detected format in words, as core's FileReport.label says it, in the UI's language."""
+    text = translated(FORMAT_NAMES.get(report.format, str(report.format)), lang)
+    if getattr(report, "variant", None):
+        text += t("data.variant", lang, variant=report.variant)
+    if (getattr(report, "features", None) or {}).get("tools"):
+        text += t("data.with_tools", lang)
+    return text
 
 
 def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values):

@@ -91,7 +91,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     # runs tab
     "runs.list": ("Runs", "运行列表"),
     "runs.memory": ("Memory: estimated {estimated} per GPU, measured peak {measured}",
-                    "显存：估算每张 GPU {estimated}，实测峰值 {measured}"),
+                    "内存：估算每张 GPU {estimated}，实测峰值 {measured}"),
     "runs.setting": ("setting", "设置"),
     "runs.select": ("Run", "运行"),
     "runs.refresh": ("Refresh", "刷新"),
@@ -212,6 +212,8 @@ STRINGS: dict[str, tuple[str, str]] = {
                             "A max length of **{p95}** keeps 95% whole, **{p99}** keeps 99% (longest: {longest}).",
                             "{share:.1f}% 的样本（{n} 条）超过 {max_len} 个 token，会被截断。最大长度设为 **{p95}** "
                             "可完整保留 95%，**{p99}** 可保留 99%（最长：{longest}）。"),
+    "data.variant": (", {variant} form", "，{variant} 形式"),
+    "data.with_tools": (" with tools", "，含工具"),
     "data.length_fits": ("No row is longer than {max_len} tokens: none is cut (longest: {longest}).",
                          "没有样本超过 {max_len} 个 token，不会截断（最长：{longest}）。"),
     "data.name": ("Dataset name", "数据集名称"),
@@ -250,7 +252,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "lib.config": ("Config", "配置"),
     "lib.combination": ("Combination", "组合方式"),
     "lib.memory": ("**Memory** · estimated {estimated} · measured {measured} {device}",
-                   "**显存** · 估算 {estimated} · 实测 {measured} {device}"),
+                   "**内存** · 估算 {estimated} · 实测 {measured} {device}"),
     "lib.manage": ("Rename or delete", "重命名或删除"),
     "lib.new_name": ("New name", "新名称"),
     "lib.rename": ("Rename", "重命名"),
@@ -341,7 +343,9 @@ def _named(e: WorkbenchError, lang: str, labels: dict[str, str] | None) -> str:
     if key:
         return f"**{t(key, lang)}**"
     label = _label(e.field, lang)
-    return f"**{label}** (`{e.field}`)" if label and label != e.field else f"`{e.field}`"
+    if not label or label == e.field:
+        return f"`{e.field}`"
+    return f"**{label}**（`{e.field}`）" if lang == "zh" else f"**{label}** (`{e.field}`)"
 
 
 def _label(field: str, lang: str) -> str | None:

@@ -92,8 +92,8 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> SimpleNames
                        [c.import_message] + listing)
     c.mix_btn.click(guarded(do_mix), [c.mix_pick, c.weights, c.combination, c.density, c.mix_name] + tail,
                     [c.mix_message] + listing)
-    c.combination.change(lambda v, lang: gr.update(info=translated(COMBINATION_HELP.get(v, ""), lang)),
-                         [c.combination, lang_state], c.combination)
+    help_text = lambda v, lang: gr.update(info=translated(COMBINATION_HELP.get(v, ""), lang))
+    gr.on([c.combination.change, lang_state.change], help_text, [c.combination, lang_state], c.combination)
     c.merge_btn.click(do_merge, [c.pick, c.merge_name, c.merge_dtype] + tail, [c.merge_message] + listing)
     c.zip_prepare.click(do_zip, [c.pick, lang_state], [c.zip_button, c.message])
     c.export_delete.click(on_delete_export, [c.export_pick, c.export_confirm] + tail,

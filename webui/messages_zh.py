@@ -20,29 +20,33 @@ TABLE = Path(__file__).with_name("messages_zh.json")
 
 @functools.cache
 def _patterns() -> list[tuple[re.Pattern, list[bool], str]]:
-    """Each template as a regex with one group per value, and which values are quoted (names, kept as
-    they are); the most specific template (most fixed text) first."""
+    """Each template as a regex with one group per value, which values are names (kept as written:
+    quoted in the English, or marked `{N!n}` in the Chinese), and the Chinese to fill; the most
+    specific template (most fixed text) first."""
     found = []
     for en, zh in json.loads(TABLE.read_text(encoding="utf-8")).items():
         parts = list(string.Formatter().parse(en))
         regex = "".join(re.escape(text) + ("(.*?)" if name is not None else "") for text, name, _, _ in parts)
         after = [p[0] for p in parts[1:]] + [""]         # the text that follows each value
-        quoted = [text.endswith("'") and follows.startswith("'")
-                  for (text, name, _, _), follows in zip(parts, after) if name is not None]
+        names = [text.endswith("'") and follows.startswith("'")
+                 for (text, name, _, _), follows in zip(parts, after) if name is not None]
+        for _, name, _, conversion in string.Formatter().parse(zh):
+            if conversion == "n":
+                names[int(name)] = True
         fixed = sum(len(text) for text, _, _, _ in parts)
-        found.append((fixed, re.compile(regex, re.S), quoted, zh))
+        found.append((fixed, re.compile(regex, re.S), names, re.sub(r"!n}", "}", zh)))
     found.sort(key=lambda item: -item[0])
-    return [(rx, quoted, zh) for _, rx, quoted, zh in found]
+    return [(rx, names, zh) for _, rx, names, zh in found]
 
 
 def translated(text: str | None, lang: str, depth: int = 2) -> str | None:
     """`text` in the UI's language. A value that is itself a whole message ("at least 1", "a list",
-    "failed") is translated too, unless quoted: a quoted value is a name."""
+    "failed") is translated too, unless it is a name."""
     if lang != "zh" or not text:
         return text
-    for rx, quoted, zh in _patterns():
+    for rx, names, zh in _patterns():
         m = rx.fullmatch(text)
         if m:
-            values = [v if q or not depth else translated(v, lang, depth - 1) for v, q in zip(m.groups(), quoted)]
+            values = [v if name or not depth else translated(v, lang, depth - 1) for v, name in zip(m.groups(), names)]
             return zh.format(*values)
     return text
