@@ -302,10 +302,7 @@ def failed(e: WorkbenchError, lang: str, labels: dict[str, str] | None = None) -
     core raises with to the tab's label keys; others are left out, the box being the one just used),
     the file and line, then what is wrong. The Train form shows config keys, see describe_error."""
     key = (labels or {}).get(e.field or "")
-    where = _where(e)
-    head = t("comma", lang).join(x for x in (f"**{t(key, lang)}**" if key else "", where) if x)
-    text = explained(e, lang)
-    return t("error", lang, error=f"{head}{t('colon', lang)}{text}" if head else text)
+    return t("error", lang, error=_joined(f"**{t(key, lang)}**" if key else "", e, lang))
 
 
 def _where(e: WorkbenchError) -> str:
@@ -330,7 +327,12 @@ def plain(markdown: str) -> str:
 def describe_error(e: WorkbenchError, lang: str, labels: dict[str, str] | None = None) -> str:
     """The field by its label and key, the file (and line) when one is to blame, then what is wrong.
     `labels` names the boxes beside the form (the preset's name) by their label keys."""
-    head = t("comma", lang).join(x for x in (_named(e, lang, labels), _where(e)) if x)
+    return _joined(_named(e, lang, labels), e, lang)
+
+
+def _joined(named: str, e: WorkbenchError, lang: str) -> str:
+    """The field, the file and line, then what is wrong."""
+    head = t("comma", lang).join(x for x in (named, _where(e)) if x)
     text = explained(e, lang)
     return f"{head}{t('colon', lang)}{text}" if head else text
 
