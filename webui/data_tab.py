@@ -288,6 +288,8 @@ def _show(checks, model_name, max_len, train_on, n, lang, fmt_value, slot_values
         box = f"<div class='data-preview-error'>{escape(plain(failed(e, lang, {'model': 'data.model'})))}</div>"
         return ["\n".join(lines), frame, box, None, ""] + slots
     previews = preview(samples, tok, n=n, train_on=train_on, max_len=max_len, lines=sample_lines)
+    for item in previews:                   # why a sample is dropped, in the UI's language
+        item.error = translated(item.error, lang)
     html = preview_html(previews, {k: t(f"data.html.{k}", lang) for k in
                                    ("trained", "masked", "sample", "line", "tokens", "truncated", "dropped")})
     stats = length_stats(samples, tok, max_len, train_on=train_on, max_rows=5000)
