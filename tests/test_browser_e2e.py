@@ -118,11 +118,6 @@ def test_switching_to_chinese_relabels_the_page(page):
     page.get_by_role("tab", name="训练").wait_for()
     open_tab(page, "训练")
     page.get_by_text("开始训练").wait_for()
-    page.locator("#preview-box").get_by_text("配置与命令").click()
-    # The command is at the end; the code view draws only the lines in sight.
-    page.locator("#preview .cm-scroller").evaluate("e => { e.scrollTop = e.scrollHeight; }")
-    page.wait_for_selector("#preview >> text=在本机无界面运行")          # redrawn on the switch alone
-    page.locator("#preview-box").get_by_text("配置与命令").click()
     model = page.locator("#field-model input")
     before = model.input_value()
     model.fill("no-such-model")

@@ -194,3 +194,17 @@ def test_an_empty_llamafactory_folder_box_asks_for_the_folder():
     from webui.data_tab import do_lf
 
     assert do_lf("  ", "zh")[0] == "请先填写文件夹。"
+
+
+def test_the_train_preview_is_redrawn_by_a_language_switch(tmp_path, monkeypatch):
+    """The language lives in a gr.State; its change is one of the preview's triggers."""
+    import gradio as gr
+
+    from webui import app
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "workspace"))
+    demo = app.build()
+    preview = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "preview")
+    states = {i for i, b in demo.blocks.items() if isinstance(b, gr.State)}
+    drawing = [d for d in demo.config["dependencies"] if preview._id in d["outputs"]]
+    assert any(block in states and event == "change" for d in drawing for block, event in d["targets"])
