@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 
-from core.errors import ERROR_AS_JSON, WorkbenchError
+from core.errors import ERROR_AS_JSON, ERROR_JSON, WorkbenchError
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 1, 2, 143
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         if os.environ.get(ERROR_AS_JSON):       # for the UI that ran this command: the error's parts
-            print(f"error-json: {json.dumps(e.to_dict(), default=str)}", file=sys.stderr)
+            print(ERROR_JSON + json.dumps(e.to_dict(), default=str), file=sys.stderr)
         return EXIT_BAD_INPUT
     except sqlite3.DatabaseError as e:
         from core.db import db_path

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from core.errors import ERROR_AS_JSON, WorkbenchError
+from core.errors import ERROR_AS_JSON, ERROR_JSON, WorkbenchError
 from core.workspace import home
 
 PROGRESS_LINE = re.compile(r"^\[\s*(\d+)%\] (.*)$")
@@ -51,10 +51,10 @@ def run_core_command(args: list[str], progress: Callable[[float, str], None] | N
 def refusal(stderr_lines: list[str]) -> WorkbenchError | None:
     """The command's own error, with its field, file and line, when it refused."""
     for line in reversed(stderr_lines):
-        if line.startswith("error-json: "):
+        if line.startswith(ERROR_JSON):
             try:
-                return WorkbenchError(**json.loads(line[len("error-json: "):]))
-            except (ValueError, TypeError):
+                return WorkbenchError.from_dict(json.loads(line[len(ERROR_JSON):]))
+            except ValueError:
                 return None
     return None
 

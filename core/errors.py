@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 
-ERROR_AS_JSON = "WORKBENCH_ERROR_JSON"     # set: the command line adds an "error-json: {...}" line
+ERROR_AS_JSON = "WORKBENCH_ERROR_JSON"     # set: the command line adds an ERROR_JSON line
+ERROR_JSON = "error-json: "              # the prefix of that line, before WorkbenchError.to_dict()
 
 
 class WorkbenchError(Exception):
@@ -35,6 +36,16 @@ class WorkbenchError(Exception):
     def to_dict(self) -> dict:
         return {"message": self.message, "field": self.field, "file": self.file,
                 "line": self.line, "hint": self.hint}
+
+    @classmethod
+    def from_dict(cls, data) -> "WorkbenchError | None":
+        """The error to_dict() wrote (another process's, a run's status), or None for anything else."""
+        if not isinstance(data, dict) or not data.get("message"):
+            return None
+        try:
+            return cls(**data)
+        except TypeError:                   # keys this version does not know
+            return None
 
 
 class ConfigError(WorkbenchError):

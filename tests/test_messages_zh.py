@@ -208,3 +208,11 @@ def test_the_train_preview_is_redrawn_by_a_language_switch(tmp_path, monkeypatch
     states = {i for i, b in demo.blocks.items() if isinstance(b, gr.State)}
     drawing = [d for d in demo.config["dependencies"] if preview._id in d["outputs"]]
     assert any(block in states and event == "change" for d in drawing for block, event in d["targets"])
+
+
+def test_an_error_written_as_a_dict_comes_back_whole_or_not_at_all():
+    e = ConfigError("too small", field="lora.rank", file="c.yaml", line=3, hint="raise it")
+    back = WorkbenchError.from_dict(e.to_dict())
+    assert back.to_dict() == e.to_dict()
+    assert WorkbenchError.from_dict({"message": "m", "unknown": 1}) is None
+    assert WorkbenchError.from_dict(None) is None and WorkbenchError.from_dict({"message": ""}) is None

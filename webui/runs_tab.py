@@ -60,13 +60,8 @@ def progress_html(job: jobs.Job, lang: str) -> str:
 def error_text(s: dict, lang: str) -> str:
     """Why a run failed: a refusal by its field, file and line, in the UI's language; other failures
     (a crash, a log's root cause) as the worker wrote them."""
-    detail = s.get("error_detail")
-    if isinstance(detail, dict) and detail.get("message"):
-        try:
-            return plain(describe_error(WorkbenchError(**detail), lang))
-        except TypeError:           # a status.json edited by hand
-            pass
-    return translated(s["error"], lang)
+    refusal = WorkbenchError.from_dict(s.get("error_detail"))
+    return plain(describe_error(refusal, lang)) if refusal else translated(s["error"], lang)
 
 
 def memory_line(s: dict, lang: str) -> str:
