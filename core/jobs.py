@@ -494,7 +494,7 @@ class Supervisor:
                  finished_at=time.time(), pid=None)
             return
         tail = job.dir.log_tail(12)
-        error = f"{reason}{chr(10) + 'last log lines:' + chr(10) + tail if tail else ''}"
+        error = f"{reason}\nlast log lines:\n{tail}" if tail else reason
         job.dir.write_status(state="failed", error=reason, finished_at=time.time())
         _set(job.id, state="failed", error=error, finished_at=time.time(), pid=None)
 
@@ -505,8 +505,9 @@ class Supervisor:
             return "the worker process ended without reporting (killed or crashed)"
         if code < 0:
             name = signal.Signals(-code).name
-            hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
-            return f"the worker process was killed by {name}{hint}"
+            if -code == signal.SIGKILL:
+                return f"the worker process was killed by {name} (the system may have run out of memory)"
+            return f"the worker process was killed by {name}"
         return f"the worker process exited with code {code} without reporting"
 
     def _start_next(self) -> None:

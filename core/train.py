@@ -474,6 +474,6 @@ def out_of_memory_message(cfg) -> str:
         picks = []
     if not picks:
         return generic
-    tips = "; ".join(f"{p.description} ({' '.join(p.overrides)}, about {p.estimate.total_gib:.1f} GiB)"
-                     for p in picks[:3])
-    return f"out of memory on {gpus[0].name} ({gpus[0].gib:.0f} GiB). Changes that fit: {tips}"
+    tips = [f"about {p.estimate.total_gib:.1f} GiB with {' '.join(p.overrides)}: {p.description}" for p in picks[:3]]
+    listed = "".join("\n- " + tip for tip in tips)
+    return f"out of memory on {gpus[0].name} ({gpus[0].gib:.0f} GiB). Changes that fit:{listed}"

@@ -417,6 +417,11 @@ def test_a_run_its_worker_refuses_shows_why_by_field_in_the_ui_language(tiny_mod
     assert summary["error_detail"]["field"] == "datasets"
     assert error_text(summary, "en") == f"Datasets (datasets), {data}: no such file, and no saved dataset of that name"
     assert error_text(summary, "zh") == f"数据集（datasets），{data}：没有该文件，也没有同名的已保存数据集"
+    jobs._set(job.id, error=f"the worker process of rank 1 exited with code 1; then {summary['error']}")
+    under_torchrun = runview.summary(jobs.get(job.id))     # torchrun's root cause comes first, and stays
+    assert error_text(under_torchrun, "en") == ("the worker process of rank 1 exited with code 1; then Datasets "
+                                                f"(datasets), {data}: no such file, and no saved dataset of that name")
+    assert error_text(under_torchrun, "zh").startswith("rank 1 的工作进程以退出码 1 结束；随后：数据集（datasets），")
     job.dir.write_status(state="failed", error="a later crash")     # resumed, then failed otherwise
     jobs._set(job.id, error="a later crash")
     assert error_text(runview.summary(jobs.get(job.id)), "zh") == "a later crash"

@@ -2,6 +2,7 @@
 entry carries every value, and real errors come out translated with their values."""
 import ast
 import json
+import re
 import string
 
 import pytest
@@ -38,13 +39,28 @@ def messages(node: ast.Call) -> list:
     return [b for a in args for b in ((a.body, a.orelse) if isinstance(a, ast.IfExp) else (a,))]
 
 
+# Functions that write why a run or a command failed from pieces held in variables: every text in them.
+REASONS = {"_death_reason", "root_cause", "out_of_memory_message", "_watch", "refusal", "_failure"}
+
+
+def reasons(node) -> list:
+    """A run's error given as `error=...`, and what a function that builds one assigns and returns."""
+    if isinstance(node, ast.Call):
+        values = [k.value for k in node.keywords if k.arg == "error"]
+    elif isinstance(node, ast.FunctionDef) and node.name in REASONS:
+        values = [n.value for n in ast.walk(node) if isinstance(n, (ast.Assign, ast.Return)) and n.value]
+    else:
+        return []
+    return [b for a in values for b in ((a.body, a.orelse) if isinstance(a, ast.IfExp) else (a,))]
+
+
 def templates(only_raised: bool) -> dict[str, str]:
     """Every literal message raised in core/ and webui/ (or every string written there), with where it is."""
     found = {}
     for path in sorted((ROOT / "core").glob("*.py")) + sorted((ROOT / "webui").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if only_raised:
-                args = messages(node) if isinstance(node, ast.Call) else []
+                args = (messages(node) if isinstance(node, ast.Call) else []) + reasons(node)
             else:
                 args = [node] if isinstance(node, (ast.JoinedStr, ast.Constant)) else []
             for arg in args:
@@ -131,7 +147,6 @@ def test_the_memory_panels_changes_read_in_chinese():
     """Every change the panel can offer, alone or combined, in the 简体中文 UI."""
     from core import vram
     from core.arch import load_arch
-    from webui.memory_panel import change_text
 
     arch = load_arch("Llama-3.1-8B")
     seen = set()
@@ -145,8 +160,25 @@ def test_the_memory_panels_changes_read_in_chinese():
                     seen.add(part.split(" ")[0])
                     zh = translated(part, "zh")
                     assert zh != part and any("\u4e00" <= ch <= "\u9fff" for ch in zh), part
-                assert "; " not in change_text(s, "zh") and change_text(s, "en") == s.description
+                assert "; " not in translated(s.description, "zh")
     assert len(seen) >= 6, seen
+
+
+def test_the_out_of_memory_advice_reads_in_chinese(monkeypatch):
+    """Its list of changes (a combined one among them) is translated change by change; the settings
+    to type stay as written."""
+    from core import train, vram
+
+    cfg = RunConfig.from_dict({"model": "Llama-3.1-8B", "method": "lora", "data": {"max_seq_len": 4096},
+                               "train": {"batch_size": 8, "fused_loss": False, "gradient_checkpointing": False}})
+    monkeypatch.setattr(vram, "detected_gpus", lambda: [vram.Gpu("GPU 0: NVIDIA H100", 80, 79.19)])
+    msg = train.out_of_memory_message(cfg)
+    zh = translated(msg, "zh")
+    assert msg.count("\n- about ") == 3 and any("; " in line for line in msg.splitlines()), msg
+    assert zh.startswith("GPU 0: NVIDIA H100（79 GiB）显存不足。可放入显存的调整：\n- 约 "), zh
+    assert "train.fused_loss=true" in zh and "train.batch_size=" in zh, zh
+    english = re.findall(r"\b(?:about|with|memory|the|batch|loss|gradient|steps)\b", re.sub(r"\S*=\S*", "", zh))
+    assert not english, (english, zh)
 
 
 def test_a_tag_like_value_stays_text_and_a_code_view_gets_no_markup():

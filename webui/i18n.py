@@ -92,6 +92,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.list": ("Runs", "运行列表"),
     "runs.memory": ("Memory: estimated {estimated} per GPU, measured peak {measured}",
                     "内存：估算每张 GPU {estimated}，实测峰值 {measured}"),
+    "runs.then": ("{cause}; then {error}", "{cause}；随后：{error}"),
     "runs.setting": ("setting", "设置"),
     "runs.select": ("Run", "运行"),
     "runs.refresh": ("Refresh", "刷新"),

@@ -97,7 +97,7 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
     for i in range(SLOTS):
         if i < len(advice):
             s = advice[i]
-            rows.append(gr.update(visible=True, value=f"**{s.estimate.total_gib:.1f} GiB** · {change_text(s, lang)}  \n"
+            rows.append(gr.update(visible=True, value=f"**{s.estimate.total_gib:.1f} GiB** · {translated(s.description, lang)}  \n"
                                                       f"`{' '.join(s.overrides)}`"))
             buttons.append(gr.update(visible=True))
         else:
@@ -108,7 +108,3 @@ def render(cfg: RunConfig | None, error: str | None, gpu_gib: float, gpus: int, 
     return [summary, params, memory_figure(est.parts, lang, capacity=gpu_gib), title] + rows + buttons + \
         [[s.overrides for s in advice]]
 
-
-def change_text(s: vram.Suggestion, lang: str) -> str:
-    """A suggestion in the UI's language; a combined one lists its changes with '; '."""
-    return ("；" if lang == "zh" else "; ").join(translated(part, lang) for part in s.description.split("; "))

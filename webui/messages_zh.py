@@ -39,9 +39,15 @@ def _patterns() -> list[tuple[re.Pattern, list[bool], str]]:
     return [(rx, names, zh) for _, rx, names, zh in found]
 
 
+# Lists core writes inside a message: bulleted lines (the out-of-memory advice) and changes joined
+# with "; " (a combined suggestion), with the separator each takes in Chinese.
+LISTS = (("\n- ", "\n- "), ("; ", "；"))
+
+
 def translated(text: str | None, lang: str, depth: int = 2) -> str | None:
     """`text` in the UI's language. A value that is itself a whole message ("at least 1", "a list",
-    "failed") is translated too, unless it is a name."""
+    "failed") is translated too, unless it is a name. A list no template matches as a whole is
+    translated item by item, when every item has its template."""
     if lang != "zh" or not text:
         return text
     for rx, names, zh in _patterns():
@@ -49,4 +55,10 @@ def translated(text: str | None, lang: str, depth: int = 2) -> str | None:
         if m:
             values = [v if name or not depth else translated(v, lang, depth - 1) for v, name in zip(m.groups(), names)]
             return zh.format(*values)
+    for sep, zh_sep in LISTS:
+        items = text.split(sep)
+        if len(items) > 1:
+            done = [translated(item, lang, depth) for item in items]
+            if all(d != item or not item for d, item in zip(done, items)):
+                return zh_sep.join(done)
     return text

@@ -61,7 +61,12 @@ def error_text(s: dict, lang: str) -> str:
     """Why a run failed: a refusal by its field, file and line, in the UI's language; other failures
     (a crash, a log's root cause) as the worker wrote them."""
     refusal = WorkbenchError.from_dict(s.get("error_detail"))
-    return plain(describe_error(refusal, lang)) if refusal else translated(s["error"], lang)
+    if not refusal:
+        return translated(s["error"], lang)
+    described = plain(describe_error(refusal, lang))
+    cause, then, rest = (s["error"] or "").partition("; then ")     # a root cause the supervisor put first
+    return t("runs.then", lang, cause=translated(cause, lang), error=described) if then and rest == str(refusal) \
+        else described
 
 
 def memory_line(s: dict, lang: str) -> str:
