@@ -335,6 +335,8 @@ def parse_yaml_with_lines(text: str, file: str | None) -> tuple[dict, dict]:
         raise ConfigError("not valid YAML: nested too deeply", file=file) from None
     except ValueError as e:             # e.g. an integer of more digits than Python converts
         raise ConfigError(f"not valid YAML: {e}", file=file) from None
+    if data is None and file:
+        raise ConfigError("the config file holds no settings (it is empty or only comments)", file=file)
     if data is None:
         data = {}
     if not isinstance(data, dict):

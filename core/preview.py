@@ -84,29 +84,28 @@ def _segments(tokenizer, ids: list[int], labels: list[int]) -> list[Segment]:
     return segments
 
 
-HTML_LABELS = {"trained": "trained on", "masked": "masked (not trained)", "sample": "Sample", "line": "line",
-               "tokens": "tokens", "truncated": "truncated from", "dropped": "dropped"}
+HTML_LABELS = {"trained": "trained on", "masked": "masked (not trained)", "sample": "Sample {n}", "line": "line {line}",
+               "tokens": "{tokens} tokens, {trained} trained on", "truncated": " (truncated from {full})",
+               "dropped": "dropped: {why}"}
 TRAINED_STYLE = "background:#bbf7d0;color:#14532d;border-radius:2px"
 MASKED_STYLE = "color:#6b7280"
 
 
 def preview_html(previews: list[SamplePreview], labels: dict | None = None) -> str:
     """A self-contained HTML block: trained text highlighted in green, masked text in grey. All
-    text is escaped; `labels` replaces the English words (for the UI's locale table)."""
+    text is escaped; `labels` replaces the English words and their templates (for the UI's locale table)."""
     words = {**HTML_LABELS, **(labels or {})}
     esc = html.escape
     legend = (f'<div class="wb-legend"><span class="wb-trained" style="{TRAINED_STYLE}">{esc(words["trained"])}'
               f'</span> <span class="wb-masked" style="{MASKED_STYLE}">{esc(words["masked"])}</span></div>')
     parts = ['<div class="wb-preview">', legend]
     for p in previews:
-        head = f'{esc(words["sample"])} {p.index + 1}'
-        if p.line is not None:
-            head += f' · {esc(words["line"])} {p.line}'
-        head += f' · {p.tokens} {esc(words["tokens"])}, {p.trained_tokens} {esc(words["trained"])}'
-        if p.truncated:
-            head += f' ({esc(words["truncated"])} {p.full_tokens})'
+        head = [words["sample"].format(n=p.index + 1)] + ([words["line"].format(line=p.line)] if p.line is not None else [])
+        head.append(words["tokens"].format(tokens=p.tokens, trained=p.trained_tokens)
+                    + (words["truncated"].format(full=p.full_tokens) if p.truncated else ""))
         if p.error:
-            head += f' · {esc(words["dropped"])}: {esc(p.error)}'
+            head.append(words["dropped"].format(why=p.error))
+        head = esc(" · ".join(head))
         body = "".join(f'<span class="{"wb-trained" if s.trained else "wb-masked"}" '
                        f'style="{TRAINED_STYLE if s.trained else MASKED_STYLE}">{esc(s.text)}</span>'
                        for s in p.segments)

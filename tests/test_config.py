@@ -48,6 +48,18 @@ def test_broken_yaml_points_at_its_line():
     assert info.value.line is not None and "YAML" in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["", "# lora:\n#   rank: 8\n"])
+def test_a_config_file_without_settings_is_refused_not_read_as_the_defaults(tmp_path, text, cli, workspace):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="holds no settings") as info:
+        RunConfig.load(path)
+    assert info.value.file == str(path)
+    r = cli("train", "--config", path)
+    assert r.returncode == 2 and f"{path}: the config file holds no settings" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (workspace / "runs").exists()
+
+
 def test_fields_carry_help_in_both_languages_and_bounds():
     meta = field_meta("lora.rank")
     assert meta["help"] and meta["help_zh"] and meta["min"] == 1

@@ -255,10 +255,20 @@ def test_preview_shows_truncation_and_a_dropped_reply(tok):
 
 
 def test_preview_html_escapes_and_marks_trained_text(tok):
-    html = preview_html(preview([CHAT], tok, lines=[7]), labels={"trained": "训练"})
+    from webui.i18n import t
+
+    previews = preview([CHAT], tok, lines=[7])
+    html = preview_html(previews)
     assert "Capital &lt;b&gt;?" in html and "<b>" not in html
     assert '<span class="wb-trained"' in html and '<span class="wb-masked"' in html
-    assert "line 7" in html and "训练" in html
+    p = previews[0]
+    assert f"Sample 1 · line 7 · {p.tokens} tokens, {p.trained_tokens} trained on</div>" in html
+    labels = {k: t(f"data.html.{k}", "zh") for k in ("trained", "masked", "sample", "line", "tokens")}
+    assert f"样本 1 · 第 7 行 · {p.tokens} 个 token，其中 {p.trained_tokens} 个参与训练</div>" in preview_html(previews, labels)
+    cut = preview([CHAT], tok, max_len=8)[0]
+    cut.error = "nothing to train on"
+    assert f"{cut.tokens} tokens, {cut.trained_tokens} trained on (truncated from {cut.full_tokens}) · dropped: " \
+           "nothing to train on</div>" in preview_html([cut])
 
 
 def test_length_stats(tok):

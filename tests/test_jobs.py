@@ -1,6 +1,7 @@
 """The queue and supervisor with real worker processes on the tiny model."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -425,3 +426,15 @@ def test_a_run_its_worker_refuses_shows_why_by_field_in_the_ui_language(tiny_mod
     job.dir.write_status(state="failed", error="a later crash")     # resumed, then failed otherwise
     jobs._set(job.id, error="a later crash")
     assert error_text(runview.summary(jobs.get(job.id)), "zh") == "a later crash"
+
+
+def test_chat_with_a_failed_run_says_whether_it_left_no_checkpoint_or_lost_its_folder(tiny_model, workspace):
+    from webui.runs_tab import open_chat
+
+    job = jobs.submit(RunConfig.from_dict({"model": str(tiny_model), "name": "gone", "datasets": [str(DATA)]}))
+    jobs._set(job.id, state="failed", error="it broke")
+    assert "saved no checkpoint before it ended" in open_chat(job.id, "en")[0]
+    shutil.rmtree(jobs.get(job.id).run_dir)
+    said = open_chat(job.id, "en")[0]
+    assert "was deleted, with its checkpoints" in said and str(jobs.get(job.id).run_dir) in said, said
+    assert "文件夹" in open_chat(job.id, "zh")[0]

@@ -228,18 +228,29 @@ def test_an_empty_llamafactory_folder_box_asks_for_the_folder():
     assert do_lf("  ", "zh")[0] == "请先填写文件夹。"
 
 
-def test_the_train_preview_is_redrawn_by_a_language_switch(tmp_path, monkeypatch):
-    """The language lives in a gr.State; its change is one of the preview's triggers."""
+@pytest.mark.parametrize("elem_id", ["preview", "datasets"])
+def test_the_train_preview_and_dataset_list_are_redrawn_by_a_language_switch(elem_id, tmp_path, monkeypatch):
+    """The language lives in a gr.State; its change is one of the box's triggers."""
     import gradio as gr
 
     from webui import app
 
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "workspace"))
     demo = app.build()
-    preview = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "preview")
+    box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
     states = {i for i, b in demo.blocks.items() if isinstance(b, gr.State)}
-    drawing = [d for d in demo.config["dependencies"] if preview._id in d["outputs"]]
+    drawing = [d for d in demo.config["dependencies"] if box._id in d["outputs"]]
     assert any(block in states and event == "change" for d in drawing for block, event in d["targets"])
+
+
+def test_the_train_dataset_list_reads_in_chinese(workspace):
+    from core.dataset_library import save_dataset
+    from webui.train_tab import dataset_choices
+
+    save_dataset("mine", [ROOT / "presets" / "data" / "identity.jsonl"])
+    labels = [label for label, _ in dataset_choices(None, "zh")]
+    assert labels[0].startswith("mine（") and labels[0].endswith(" 行）"), labels
+    assert all(label.endswith("（示例）") for label in labels[1:]) and len(labels) > 1, labels
 
 
 def test_an_error_written_as_a_dict_comes_back_whole_or_not_at_all():

@@ -49,15 +49,15 @@ def build(lang: str = "en") -> gr.Blocks:
                                  [lib_ui.export_message] + chat_picks)
         runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, chat_picks)
 
-        def use_dataset(name, chosen):
+        def use_dataset(name, chosen, lang):
             chosen = list(chosen or [])
             if name and name not in chosen:
                 chosen.append(name)
-            return gr.Tabs(selected="train"), gr.update(choices=train_tab.dataset_choices(chosen), value=chosen)
+            return gr.Tabs(selected="train"), gr.update(choices=train_tab.dataset_choices(chosen, lang), value=chosen)
 
-        data_use.click(use_dataset, [data_pick, train.datasets], [tabs, train.datasets])
-        train_page.select(lambda chosen: gr.update(choices=train_tab.dataset_choices(list(chosen or []))),
-                          train.datasets, train.datasets)
+        data_use.click(use_dataset, [data_pick, train.datasets, lang_state], [tabs, train.datasets])
+        train_page.select(lambda chosen, lang: gr.update(choices=train_tab.dataset_choices(chosen, lang)),
+                          [train.datasets, lang_state], train.datasets)
         # Labels follow the language through `tr`; the chat's lists hold translated entries of their own.
         _wire_language(tr, language, lang_state).then(*chat_select)
         demo.load(*train.on_load, show_progress="hidden")

@@ -44,6 +44,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "train.group.data": ("Data", "数据"),
     "train.group.devices": ("GPUs and machines", "GPU 与多机"),
     "train.datasets": ("Datasets", "数据集"),
+    "train.dataset_saved": ("{name} ({format}, {rows} rows)", "{name}（{format}，{rows} 行）"),
+    "train.dataset_demo": ("{name} (demo)", "{name}（示例）"),
     "train.datasets_hint": ("Saved datasets and the demo files. Pick one or several.",
                             "已保存的数据集和演示文件。可选一个或多个。"),
     "train.ratios": ("Mix ratios", "混合比例"),
@@ -120,6 +122,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.no_checkpoint": ("{id} is {state} and saved no checkpoint before it ended: there is nothing to chat "
                            "with. Re-run it.",
                            "{id} 状态为{state}，结束前没有保存检查点：没有可对话的内容。请重新运行。"),
+    "runs.chat_folder_missing": ("{id} is {state} and its folder {path} was deleted, with its checkpoints: there is "
+                                 "nothing to chat with.",
+                                 "{id} 状态为{state}，其文件夹 {path} 连同检查点已被删除：没有可对话的内容。"),
     "runs.chat_checkpoint": ("{id} is {state}: you are chatting with its newest checkpoint, of step {step}. "
                              "Resume the run to finish its training.",
                              "{id} 状态为{state}：当前对话的是其最新检查点（第 {step} 步）。继续该运行可完成训练。"),
@@ -233,11 +238,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "data.deleted": ("Deleted **{name}**.", "已删除 **{name}**。"),
     "data.html.trained": ("trained on", "参与训练"),
     "data.html.masked": ("masked (not trained)", "已屏蔽（不训练）"),
-    "data.html.sample": ("Sample", "样本"),
-    "data.html.line": ("line", "行"),
-    "data.html.tokens": ("tokens", "个 token"),
-    "data.html.truncated": ("truncated from", "截断自"),
-    "data.html.dropped": ("dropped", "已丢弃"),
+    "data.html.sample": ("Sample {n}", "样本 {n}"),
+    "data.html.line": ("line {line}", "第 {line} 行"),
+    "data.html.tokens": ("{tokens} tokens, {trained} trained on", "{tokens} 个 token，其中 {trained} 个参与训练"),
+    "data.html.truncated": (" (truncated from {full})", "（截断自 {full}）"),
+    "data.html.dropped": ("dropped: {why}", "已丢弃：{why}"),
     # library tab
     "lib.filter": ("Base model", "基础模型"),
     "lib.all_bases": ("(all base models)", "（全部基础模型）"),

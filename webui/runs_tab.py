@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -225,36 +226,40 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
             cfg = jobs.config_of(run_id)
         except WorkbenchError as e:
             return unchanged + [gr.skip(), failed(e, lang, RUN_FIELDS), gr.skip()]
-        return train_tab.fill(cfg) + [t("runs.cloned", lang, id=run_id), "", gr.Tabs(selected="train")]
+        return train_tab.fill(cfg, lang) + [t("runs.cloned", lang, id=run_id), "", gr.Tabs(selected="train")]
 
     buttons["clone"].click(clone, [run_select, lang_state],
                            train_tab.inputs + [train_tab.message, action_msg, tabs])
 
 
 def wire_chat(run_select, button, action_msg, lang_state, chat_picks):
-    """Chat with it: the run's adapter (or its full model) opens in the Chat tab; for a run that
-    stopped or failed before its end, its newest checkpoint, with a note in the chat's status line.
-    `chat_picks`: the tabs, the chat's base, adapter A and status line."""
-    def open_chat(run_id, lang):
-        unchanged = [gr.skip()] * len(chat_picks)
-        if not run_id:
-            return [t("runs.no_run", lang)] + unchanged
-        try:
-            job = jobs.get(run_id)
-            target = chat_choices.of_run(job)
-        except WorkbenchError as e:
-            return [failed(e, lang, RUN_FIELDS)] + unchanged
-        state = t(f"state.{job.state}", lang)
-        if isinstance(target, chat_choices.Checkpoint):
-            note = t("runs.chat_checkpoint", lang, id=run_id, step=target.step, state=state)
-            return ["", *chat_tab.open_on(target, lang, note)]
-        if target is None:
-            key = {"completed": "runs.adapter_deleted", "stopped": "runs.no_checkpoint",
-                   "failed": "runs.no_checkpoint"}.get(job.state, "runs.nothing_to_chat")
-            return [t(key, lang, id=run_id, state=state)] + unchanged
-        return ["", *chat_tab.open_on(target, lang)]
-
+    """Chat with it, see open_chat. `chat_picks`: the tabs, the chat's base, adapter A and status line."""
     button.click(open_chat, [run_select, lang_state], [action_msg] + chat_picks)
+
+
+def open_chat(run_id, lang: str) -> list:
+    """The run's adapter (or its full model) opens in the Chat tab; for a run that stopped or failed
+    before its end, its newest checkpoint, with a note in the chat's status line. Else a message
+    here, and the chat's (tabs, base, adapter A, status) unchanged."""
+    unchanged = [gr.skip()] * 4
+    if not run_id:
+        return [t("runs.no_run", lang)] + unchanged
+    try:
+        job = jobs.get(run_id)
+        target = chat_choices.of_run(job)
+    except WorkbenchError as e:
+        return [failed(e, lang, RUN_FIELDS)] + unchanged
+    state = t(f"state.{job.state}", lang)
+    if isinstance(target, chat_choices.Checkpoint):
+        note = t("runs.chat_checkpoint", lang, id=run_id, step=target.step, state=state)
+        return ["", *chat_tab.open_on(target, lang, note)]
+    if target is None:
+        key = {"completed": "runs.adapter_deleted", "stopped": "runs.no_checkpoint",
+               "failed": "runs.no_checkpoint"}.get(job.state, "runs.nothing_to_chat")
+        if not Path(job.run_dir).exists() and job.state in ("stopped", "failed"):
+            key = "runs.chat_folder_missing"
+        return [t(key, lang, id=run_id, state=state, path=job.run_dir)] + unchanged
+    return ["", *chat_tab.open_on(target, lang)]
 
 
 def _mtime(path) -> float:

@@ -41,18 +41,19 @@ class TrainTab:
     def inputs(self) -> list:
         return self.form.inputs + [self.datasets, self.ratios]
 
-    def fill(self, cfg: RunConfig) -> list:
+    def fill(self, cfg: RunConfig, lang: str) -> list:
         """Values for `inputs` that show this config."""
         ratios = ", ".join(f"{s.ratio:g}" for s in cfg.datasets) if any(s.ratio for s in cfg.datasets) else ""
         paths = [s.path for s in cfg.datasets]
-        return self.form.values(cfg) + [gr.update(value=paths, choices=dataset_choices(paths)), ratios]
+        return self.form.values(cfg) + [gr.update(value=paths, choices=dataset_choices(paths, lang)), ratios]
 
 
-def dataset_choices(extra: list[str] | None = None) -> list[tuple[str, str]]:
-    """Saved datasets and the shipped demo files (label, value)."""
-    choices = [(f"{d.name} ({d.format or '?'}, {d.rows_usable or d.rows or 0} rows)", d.name) for d in list_datasets()]
+def dataset_choices(extra: list[str] | None, lang: str) -> list[tuple[str, str]]:
+    """Saved datasets and the shipped demo files (label, value), then the picks `extra` holds beside them."""
+    choices = [(t("train.dataset_saved", lang, name=d.name, format=d.format or "?", rows=d.rows_usable or d.rows or 0),
+                d.name) for d in list_datasets()]
     for p in sorted((presets.SHIPPED / "data").glob("*")):
-        choices.append((f"{p.name} (demo)", str(p)))
+        choices.append((t("train.dataset_demo", lang, name=p.name), str(p)))
     values = {v for _, v in choices}
     choices += [(Path(v).name, v) for v in extra or [] if v not in values]
     return choices
@@ -127,7 +128,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
                         # Any path is accepted here and checked by RunConfig: a cloned run's datasets
                         # need not be among the choices this page was drawn with.
                         datasets = tr.add(gr.Dropdown(
-                            choices=dataset_choices([s.path for s in cfg.datasets]),
+                            choices=dataset_choices([s.path for s in cfg.datasets], lang),
                             value=[s.path for s in cfg.datasets], multiselect=True, allow_custom_value=True,
                             label=t("train.datasets", lang),
                             info=t("train.datasets_hint", lang), elem_id="datasets"), "train.datasets", "labelinfo")
@@ -153,9 +154,10 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en") -> TrainTab:
     _wire_start(tab, lang_state, start, nonce)
     _wire_files(tab, lang_state, preset, preset_name, save_preset, load_yaml)
     _wire_memory(tab, panel, lang_state)
-    # Datasets saved since the page was drawn (the Train tab opens first, so no tab switch refreshes it).
-    datasets.focus(lambda chosen: gr.update(choices=dataset_choices(list(chosen or []))), datasets, datasets,
-                   show_progress="hidden")
+    # Datasets saved since the page was drawn (the Train tab opens first, so no tab switch refreshes it),
+    # and their labels in the language just picked.
+    gr.on([datasets.focus, lang_state.change], lambda chosen, lang: gr.update(choices=dataset_choices(chosen, lang)),
+          [datasets, lang_state], datasets, show_progress="hidden")
     return tab
 
 
@@ -181,7 +183,7 @@ def _wire_memory(tab: TrainTab, panel, lang_state) -> None:
             cfg = config_from_inputs(tab, list(values)).with_overrides(overrides[index])
         except (WorkbenchError, IndexError):
             return [gr.skip()] * len(tab.inputs)
-        return tab.fill(cfg)
+        return tab.fill(cfg, lang)
 
     for i, button in enumerate(panel.apply):
         button.click(apply, [gr.State(i), panel.overrides, lang_state] + tab.inputs, tab.inputs)
@@ -208,7 +210,7 @@ def _wire_form(tab: TrainTab, lang_state, preset, download) -> None:
     the preview."""
     def on_preset(name, lang):
         try:
-            return tab.fill(presets.load(name)) + [""]
+            return tab.fill(presets.load(name), lang) + [""]
         except WorkbenchError as e:
             return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang,
                                                                                        {"preset": "train.preset"}))]
@@ -281,7 +283,7 @@ def _wire_files(tab: TrainTab, lang_state, preset, preset_name, save_preset, loa
             if e.file and Path(e.file) == Path(file):      # the name it was uploaded with, not gradio's copy
                 e.file = Path(file).name
             return [gr.skip()] * len(tab.inputs) + [t("error", lang, error=describe_error(e, lang))]
-        return tab.fill(cfg) + [t("train.yaml_loaded", lang, file=Path(file).name)]
+        return tab.fill(cfg, lang) + [t("train.yaml_loaded", lang, file=Path(file).name)]
 
     load_yaml.upload(on_load, [load_yaml, lang_state], tab.inputs + [tab.message])
 
