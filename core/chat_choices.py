@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core import exports, jobs, library, path_policy
 from core.config import EMBEDDED_MODEL
-from core.errors import WorkbenchError
+from core.errors import ModelError, WorkbenchError
 
 
 LABELS = {"library": "{name} · {note} · library", "checkpoint": "{name} · step {note} · checkpoint",
@@ -142,7 +142,13 @@ def adapter_path(value: str) -> Path | None:
     """The folder a chat column's adapter pick loads: a library entry or a run's checkpoint."""
     if not value:
         return None
-    return _checkpoint(value).path if value.startswith(CHECKPOINT) else library.adapter_dir(value)
+    if value.startswith(CHECKPOINT):
+        return _checkpoint(value).path
+    try:
+        return library.adapter_dir(value)
+    except ModelError:      # a pick holds the entry's id, which means nothing to the visitor
+        raise ModelError("the adapter picked here is no longer in the library (deleted since the list was "
+                         "drawn); pick another", field="adapter") from None
 
 
 def adapter_base(value: str) -> str:

@@ -103,6 +103,8 @@ def test_a_stopped_run_offers_its_newest_checkpoint_to_chat(tiny_model, workspac
         chat_choices.adapter_path(f"checkpoint:{job.id}/999")
     with pytest.raises(WorkbenchError, match="'gone', was removed from the Runs list"):
         chat_choices.adapter_path("checkpoint:gone/1")
+    with pytest.raises(WorkbenchError, match="^field 'adapter': the adapter picked here is no longer in the library"):
+        chat_choices.adapter_path("3f9c2a1b")        # a library entry's id, deleted since it was listed
     with pytest.raises(WorkbenchError, match="or a run that left an adapter or a checkpoint"):
         one_shot("gone", "Hi")
     from webui.chat_tab import adapter_choices
