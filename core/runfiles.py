@@ -125,11 +125,8 @@ class RunDir:
         except OSError:
             return None
         for line in reversed(lines):
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and key in row:
+            row = metric_row(line)
+            if row and key in row:
                 return row[key]
         return None
 
@@ -161,16 +158,24 @@ def read_metrics(path: str | Path) -> list[dict]:
     rows = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
+            rows = [row for row in map(metric_row, f) if row]
     except OSError:
         pass
     return rows
+
+
+def metric_row(line: str) -> dict | None:
+    """A line's numbers, or None when it is not a row of a step. Every value the trainer writes is a
+    number: anything else (a line edited by hand, another tool's) is left out, so that no chart or
+    summary meets a string or a null."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    row = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return row if isinstance(row.get("step"), int) else None
 
 
 def new_run_id(name: str = "") -> str:

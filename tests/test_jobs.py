@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import gradio as gr
 import pytest
 
 from conftest import ROOT, until
@@ -180,6 +181,13 @@ def test_damaged_files_and_a_deleted_folder_never_break_the_queue(tiny_model, wo
     with open(broken.dir.metrics, "w") as f:
         f.write('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     assert broken.dir.read_status() == {} and len(read_metrics(broken.dir.metrics)) == 1
+    with open(broken.dir.metrics, "a") as f:       # rows edited by hand: valid JSON, not the trainer's
+        f.write('\n{"step": "x", "loss": "NaN"}\n{"step": 3, "loss": null}\n{"loss": 1.0}\n'
+                '{"step": 4, "loss": 1.5, "note": "by hand", "grad_norm": true}\n[1]\n')
+    assert read_metrics(broken.dir.metrics) == [{"step": 1, "loss": 2.0}, {"step": 3}, {"step": 4, "loss": 1.5}]
+    assert broken.dir.last_metric("loss") == 1.5
+    from webui.runs_tab import compare, refresh
+    assert "run-progress" in refresh(broken.id, "en", {})[3] and compare([broken.id], "en")[0] is not None
     gone = jobs.submit(cfg(tiny_model))
     shutil.rmtree(gone.dir.root)
     jobs.move(gone.id, -5)
@@ -440,3 +448,25 @@ def test_chat_with_a_failed_run_says_whether_it_left_no_checkpoint_or_lost_its_f
     said = open_chat(job.id, "en")[0]
     assert "was deleted, with its checkpoints" in said and str(jobs.get(job.id).run_dir) in said, said
     assert "文件夹" in open_chat(job.id, "zh")[0]
+
+
+def test_a_picked_run_that_leaves_the_list_empties_the_pick_and_no_button_acts_on_another(tiny_model, workspace):
+    """Removed elsewhere (another tab, the command line): the Runs tab must not slide onto another
+    run, which Stop, Resume or Re-run would then act on."""
+    from webui.runs_tab import nothing_picked, refresh
+
+    first, second = jobs.submit(cfg(tiny_model, name="first")), jobs.submit(cfg(tiny_model, name="second"))
+    assert refresh(None, "en", {})[0]["value"] == second.id          # nothing picked yet: the newest
+    seen = refresh(second.id, "en", {})[-1]
+    jobs.stop(second.id)
+    jobs.remove(second.id)
+    out = refresh(second.id, "en", seen)
+    assert out[0]["value"] is None and out[2] is False, out[:3]
+    assert f"The run you picked, {second.id}, has left the list" in out[3]
+    out = refresh(None, "en", out[-1])                                # the next ticks keep it empty
+    assert out[0] == gr.skip() or out[0].get("value") is None
+    assert "has left the list" in out[3] and state(first.id) == "queued"
+    assert nothing_picked("en") == "Pick a run first."
+    jobs.stop(first.id)
+    jobs.remove(first.id)
+    assert nothing_picked("en").startswith("No run yet")

@@ -134,24 +134,33 @@ def _layout_compare(c, tr: Translator, lang: str) -> None:
 
 def refresh(selected, lang, seen_state):
     """Redraw what changed since the last tick: the table always, the chart only on new metrics.
-    The pick is set only when the picked run has left the list (the next is picked and the delete
-    box cleared): a tick sent before the user picked another run must not undo that pick."""
+    With nothing picked the newest run is. The pick is set only when the picked run has left the
+    list: it is then emptied (and the delete box cleared) until the user picks again, so that no
+    button acts on a run the user did not pick. A tick sent before the user picked another run must
+    not undo that pick."""
     choices = run_choices()
     ids = [v for _, v in choices]
     # Choices are sent only when they changed: each update would undo what the user types to filter.
     listed = [list(c) for c in choices]
     pick, clear = (gr.skip() if seen_state.get("choices") == listed else gr.update(choices=choices)), gr.skip()
+    gone = seen_state.get("gone")
     if selected not in ids:
-        selected, clear = (ids[0] if ids else None), False
+        gone = selected or gone
+        selected, clear = (None if gone else ids[0] if ids else None), False
         pick = gr.update(choices=choices, value=selected)
     outputs = [pick, table(lang), clear]
     if selected is None:
-        return outputs + [t("runs.no_run", lang), gr.skip(), "", {"choices": listed}]
+        note = t("runs.pick_gone", lang, id=gone) if gone and ids else t("runs.no_run", lang)
+        return outputs + [note, gr.skip(), "", {"choices": listed, "gone": gone}]
     job = jobs.get(selected)
     run = job.dir
     stamp = (selected, lang, _mtime(run.metrics), job.state)
     fig = gr.skip() if seen_state.get("chart") == stamp else run_figure(run.read_metrics(), lang)
     return outputs + [progress_html(job, lang), fig, run.log_tail(40), {"chart": stamp, "choices": listed}]
+
+
+def nothing_picked(lang: str) -> str:
+    return t("runs.pick_one" if jobs.list_jobs() else "runs.no_run", lang)
 
 
 def compare(ids, lang):
@@ -171,7 +180,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
     def act(fn, label):
         def handler(run_id, lang):
             if not run_id:
-                return t("runs.no_run", lang)
+                return nothing_picked(lang)
             try:
                 result = fn(run_id)
             except WorkbenchError as e:
@@ -186,7 +195,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
     def stop(run_id, lang):
         """A queued run leaves the queue at once; a running one finishes its step first."""
         if not run_id:
-            return t("runs.no_run", lang)
+            return nothing_picked(lang)
         try:
             job = jobs.stop(run_id)
         except WorkbenchError as e:
@@ -198,7 +207,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
     def remove(run_id, delete_files, lang):
         """Says whether the folder stayed; the box is cleared so the next removal asks again."""
         if not run_id:
-            return t("runs.no_run", lang), False
+            return nothing_picked(lang), False
         try:
             job = jobs.get(run_id)
             outcome = jobs.remove(run_id, delete_files=delete_files)
@@ -221,7 +230,7 @@ def wire_actions(run_select, buttons, action_msg, lang_state, train_tab, tabs):
         """Problems are told here on the Runs tab, which stays open; a clone lands on the Train tab."""
         unchanged = [gr.skip()] * len(train_tab.inputs)
         if not run_id:
-            return unchanged + [gr.skip(), t("runs.no_run", lang), gr.skip()]
+            return unchanged + [gr.skip(), nothing_picked(lang), gr.skip()]
         try:
             cfg = jobs.config_of(run_id)
         except WorkbenchError as e:
@@ -243,7 +252,7 @@ def open_chat(run_id, lang: str) -> list:
     here, and the chat's (tabs, base, adapter A, status) unchanged."""
     unchanged = [gr.skip()] * 4
     if not run_id:
-        return [t("runs.no_run", lang)] + unchanged
+        return [nothing_picked(lang)] + unchanged
     try:
         job = jobs.get(run_id)
         target = chat_choices.of_run(job)
