@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from core import library, path_policy
 from core.adapter_check import CONFIG, WEIGHTS, check_adapter, find_root
 from core.errors import ModelError
-from core.workspace import exports_dir, read_json
+from core.workspace import FILE_MODE, exports_dir, read_json
 
 # Files an adapter folder may carry besides its weights: configs, tokenizer, chat template, model card.
 KEPT_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".md")
@@ -115,6 +115,7 @@ def export_zip(ref: str | os.PathLike, out_dir: str | os.PathLike | None = None)
     target = out_dir / f"{info.name}.zip"
     fd, tmp = tempfile.mkstemp(prefix=f".{info.name}.", suffix=".zip.tmp", dir=out_dir)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as zf:
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and not path.is_symlink():

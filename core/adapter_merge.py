@@ -20,7 +20,7 @@ from core.adapter_check import CONFIG, check_adapter
 from core.chat import adapter_base
 from core.encode import ensure_chat_template
 from core.errors import ConfigError, ModelError, WorkbenchError
-from core.workspace import atomic_write_json, exports_dir, read_json
+from core.workspace import atomic_write_json, exports_dir, read_json, shared_mode
 
 Progress = Callable[[str, float, str], None]       # (stage, fraction 0..1, message)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -95,7 +95,7 @@ def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = 
         atomic_write_json(tmp / "workbench.json", {"source": "merged", "base_model": base, "adapter": str(folder),
                                                    "adapter_name": _library_name(folder),
                                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        tmp.chmod(0o755)
+        shared_mode(tmp)
         os.rename(tmp, target)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

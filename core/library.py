@@ -313,12 +313,13 @@ def unique_name(text: str) -> str:
 def install(staged: Path, name: str, meta: dict) -> AdapterInfo:
     """Move a completely written adapter folder into adapters/<name>/ and register it, as one step:
     the row is committed only if the folder is in place, and the folder moves back if the commit fails."""
-    from core.workspace import atomic_write_json
+    from core.workspace import atomic_write_json, shared_mode
 
     name = validate_name(name)
     source = meta.get("source", "imported")
     meta = {**meta, "id": meta.get("id") or new_id(source)}
     atomic_write_json(staged / "workbench.json", meta)
+    shared_mode(staged)
     target = adapters_dir() / name
     moved = False
     try:

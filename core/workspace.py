@@ -9,6 +9,19 @@ from pathlib import Path
 DEFAULT_HOME = "workspace"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# What a new file or folder gets, as the umask allows. Temp files (mkstemp) and safetensors' own
+# writer use 0600 whatever the umask: an adapter written so could not be read by a serving engine
+# run as another user, or by the host user of a Docker volume. Read once, while only one thread runs.
+FILE_MODE = 0o666 & ~_umask()
+FOLDER_MODE = 0o777 & ~_umask()
+
+
 def home() -> Path:
     """The workspace folder: $WORKBENCH_HOME, else ./workspace."""
     return Path(os.environ.get("WORKBENCH_HOME") or DEFAULT_HOME).absolute()
@@ -42,6 +55,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -50,6 +64,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def shared_mode(path: str | os.PathLike) -> None:
+    """Give a file, or a folder and all it holds, the modes the umask allows (see FILE_MODE)."""
+    path = Path(path)
+    if path.is_file():
+        path.chmod(FILE_MODE)
+        return
+    path.chmod(FOLDER_MODE)
+    for folder, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), FOLDER_MODE)
+        for f in files:
+            os.chmod(os.path.join(folder, f), FILE_MODE)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

@@ -470,3 +470,21 @@ def test_a_picked_run_that_leaves_the_list_empties_the_pick_and_no_button_acts_o
     jobs.stop(first.id)
     jobs.remove(first.id)
     assert nothing_picked("en").startswith("No run yet")
+
+
+def test_a_run_folder_deleted_while_it_trains_stays_deleted_and_the_run_says_so(tiny_model, workspace):
+    """The worker must not make the folder anew (with a lone status.json) nor end on a raw
+    FileNotFoundError: the run is flagged as one whose folder was deleted."""
+    job = jobs.submit(cfg(tiny_model, steps=100000, name="doomed"))
+    sup = jobs.Supervisor()
+    try:
+        until(lambda: state(job.id) == "running" and job.dir.last_metric("step"), timeout=180, sup=sup)
+        for _ in range(20):                 # the worker writes into it meanwhile
+            shutil.rmtree(job.dir.root, ignore_errors=True)
+        until(lambda: state(job.id) == "failed", timeout=120, sup=sup)
+    finally:
+        sup.release()
+    gone = jobs.get(job.id)
+    assert gone.error == "the run folder was deleted" and jobs.folder_missing(gone), gone.error
+    time.sleep(1)
+    assert not job.dir.root.exists()

@@ -165,6 +165,7 @@ def test_merged_model_gives_the_same_greedy_tokens_as_base_plus_adapter(ws, tiny
     assert [f for _, f in stages] == sorted(f for _, f in stages) and stages[-1][1] == 1.0
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     assert not list(out.glob("*.bin")) and not [p for p in (ws / "exports").iterdir() if p.name.startswith(".")]
+    assert_shared(out)
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template
@@ -466,6 +467,19 @@ def test_export_zip_is_atomic_and_imports_back(ws, tiny_model):
     back = import_adapter(path, name="identity-copy")
     assert (back.steps, back.base_model, back.source) == (8, str(tiny_model), "imported")
     assert torch.allclose(logits(tiny_model, Path(back.path)), logits(tiny_model, ws / "runs/identity/adapter"))
+    assert_shared(path, Path(back.path), ws / "runs" / "identity")
+
+
+def assert_shared(*paths):
+    """Written with the modes the umask allows (safetensors and temp files would give 0600): others
+    who may read the workspace (a serving engine, the host user of a Docker volume) can."""
+    from core.workspace import FILE_MODE, FOLDER_MODE
+
+    assert FILE_MODE & 0o044, "the tests run with a umask that lets others read"
+    for path in paths:
+        for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+            mode = p.stat().st_mode & 0o777
+            assert mode == (FOLDER_MODE if p.is_dir() else FILE_MODE), f"{p}: {oct(mode)}"
 
 
 # --- rename and delete -------------------------------------------------------------------------
