@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 
 
@@ -63,8 +64,17 @@ def main(argv=None) -> int:
     folders = restrict_paths(args)
     if folders:
         print(f"typed paths are kept to: {', '.join(folders)}", file=sys.stderr)
+    from core.workspace import home
+    if home().exists() and not home().is_dir():
+        print(f"error: the workspace {home()} is a file, not a folder", file=sys.stderr)
+        return 2
     from webui.app import launch
-    launch(host=args.host, port=args.port, auth=auth, share=args.share)
+    try:
+        launch(host=args.host, port=args.port, auth=auth, share=args.share)
+    except sqlite3.DatabaseError as e:      # read while the page is built, before anything is served
+        from core.db import unreadable
+        print(f"error: {unreadable(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -41,6 +41,9 @@ def cmd_train(args) -> int:
     from core.train import RunFailed, run
 
     cfg = RunConfig.load(args.config, overrides=args.overrides)
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and "WORLD_SIZE" not in os.environ:
+        from core import devices      # started by hand, not by the queue or torchrun: GPUs it lacks are refused
+        devices.place(cfg.gpus, devices.cuda_count(), nodes=cfg.nodes.count)
     try:
         run_dir = run(cfg, resume=args.resume)
     except RunFailed as e:
@@ -200,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             print(ERROR_JSON + json.dumps(e.to_dict(), default=str), file=sys.stderr)
         return EXIT_BAD_INPUT
     except sqlite3.DatabaseError as e:
-        from core.db import db_path
-        print(f"error: the workspace database {db_path()} cannot be read ({e}); move it aside and the "
-              f"workbench starts a new one (the run folders on disk are listed again)", file=sys.stderr)
+        from core.db import unreadable
+        print(f"error: {unreadable(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:              # `... | head`: the reader left; what is still buffered goes nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -118,6 +118,9 @@ class DataOptions:
                             min=0.0, max=0.5)
 
 
+MAX_STEPS = 10_000_000      # far past any fine-tuning run; a typo of more digits is refused, not trained on
+
+
 @dataclass
 class TrainOptions:
     epochs: float = opt(3.0, "Passes over the data (ignored when max steps is set).",
@@ -125,7 +128,7 @@ class TrainOptions:
                         min=0.0, min_exclusive=True, max=1000)
     max_steps: int = opt(0, "Stop after this many optimizer steps; 0 = train by epochs.",
                          "训练这么多优化步后停止；0 = 按轮数训练。", label="Max steps", label_zh="最大步数",
-                         min=0)
+                         min=0, max=MAX_STEPS)
     learning_rate: float = opt(2e-4, "Step size. LoRA: 1e-4 to 3e-4; full fine-tuning: 1e-5 to 5e-5.",
                                "学习率。LoRA：1e-4 到 3e-4；全量微调：1e-5 到 5e-5。",
                                label="Learning rate", label_zh="学习率", min=0.0, min_exclusive=True, max=1.0)
@@ -173,13 +176,13 @@ class TrainOptions:
                               "融合损失。需要 `pip install liger-kernel`；否则使用 PyTorch 自带内核。",
                               label="Liger kernels", label_zh="Liger 内核")
     logging_steps: int = opt(1, "Write metrics every N optimizer steps.", "每 N 个优化步记录一次指标。",
-                             label="Log every", label_zh="记录间隔", min=1)
+                             label="Log every", label_zh="记录间隔", min=1, max=MAX_STEPS)
     eval_steps: int = opt(0, "Evaluate every N steps (0 = at the end of each epoch when there is an eval split).",
                           "每 N 步评估一次（0 = 有评估集时每轮结束评估）。", label="Eval every", label_zh="评估间隔",
-                          min=0)
+                          min=0, max=MAX_STEPS)
     save_steps: int = opt(0, "Save a checkpoint every N steps (0 = only when stopped or finished).",
                           "每 N 步保存检查点（0 = 仅在停止或结束时保存）。", label="Save every", label_zh="保存间隔",
-                          min=0)
+                          min=0, max=MAX_STEPS)
 
 
 @dataclass

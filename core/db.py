@@ -74,6 +74,12 @@ def db_path() -> Path:
     return home() / "workbench.db"
 
 
+def unreadable(e: sqlite3.DatabaseError) -> str:
+    """What to do about a database file that is not one (the command line and the app say it alike)."""
+    return (f"the workspace database {db_path()} cannot be read ({e}); move it aside and the workbench starts "
+            f"a new one (the run folders on disk are listed again)")
+
+
 _initialised: set[str] = set()
 _init_lock = threading.Lock()
 

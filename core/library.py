@@ -227,7 +227,8 @@ def info_for(row: dict) -> AdapterInfo:
     size = folder_size(path)
     return AdapterInfo(
         id=row["id"], name=row["name"], base_model=row["base_model"] or _config_base(cfg),
-        method=row["method"], source=row["source"], kind="adapter" if acfg else "model", path=str(path),
+        method=row["method"], source=row["source"], path=str(path),
+        kind="adapter" if (path / "adapter_config.json").is_file() else "model",   # even one that cannot be read
         run_id=row["run_id"], rank=_number(cfg.get("r")), alpha=_number(cfg.get("lora_alpha")),
         target_modules=short_targets(cfg.get("target_modules")),
         datasets=[str(d) for d in _items(meta.get("datasets"))], steps=_number(metrics.get("steps")),

@@ -104,7 +104,9 @@ def test_every_option_has_a_place_in_the_train_form():
     ("train:\n  learning_rate: .nan\n", "not a finite number"),
     ("train:\n  max_grad_norm: .inf\n", "not a finite number"),
     ("train:\n  seed: 4294967296\n", "too large"),
-], ids=["alias-bomb", "recursive-alias", "deep", "long-integer", "nan", "inf", "seed-range"])
+    ("train:\n  max_steps: 99999999999999999999\n", "too large: must be at most 10000000"),
+    ("train:\n  save_steps: 99999999999\n", "too large"),
+], ids=["alias-bomb", "recursive-alias", "deep", "long-integer", "nan", "inf", "seed-range", "steps", "save-steps"])
 def test_hostile_yaml_is_refused_in_words_at_once(tmp_path, text, error):
     path = tmp_path / "c.yaml"
     path.write_text(text)

@@ -189,6 +189,10 @@ def test_a_workspace_that_is_a_file_or_a_damaged_database_is_one_line_not_a_trac
                        (["--workspace", damaged, "data", "list"], "move it aside")]:
         r = cli(*args)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for workspace, said in [(afile, "is a file, not a folder"), (damaged, "workbench.db cannot be read")]:
+        r = subprocess.run([sys.executable, "app.py", "--port", "0", "--workspace", str(workspace)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)     # the app, as `make run` starts it
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_cli_numbers_past_what_the_model_or_a_gpu_can_be_are_refused(cli, tiny_model):

@@ -470,6 +470,19 @@ def test_export_zip_is_atomic_and_imports_back(ws, tiny_model):
     assert_shared(path, Path(back.path), ws / "runs" / "identity")
 
 
+def test_an_adapter_whose_config_cannot_be_read_is_still_an_adapter_and_says_which_file(ws, tiny_model):
+    """Not taken for a full model (the chat would then blame the base: "has no config.json")."""
+    from core import chat_choices
+    from core.chat import one_shot
+
+    (ws / "runs" / "identity" / "adapter" / "adapter_config.json").write_text("{broken")
+    info = library.get("identity")
+    assert info.kind == "adapter" and chat_choices.opening(info) == (str(tiny_model), info.id)
+    with pytest.raises(WorkbenchError, match="adapter_config.json") as refused:
+        one_shot("identity", "Hi", max_new_tokens=2)
+    assert "not valid JSON" in str(refused.value) and "has no config.json" not in str(refused.value)
+
+
 def assert_shared(*paths):
     """Written with the modes the umask allows (safetensors and temp files would give 0600): others
     who may read the workspace (a serving engine, the host user of a Docker volume) can."""

@@ -351,6 +351,14 @@ def test_an_output_dir_that_cannot_be_written_is_bad_input(tmp_path, cli, tiny_m
     assert r.returncode == 2 and "output_dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_gpu_the_machine_lacks_is_refused_by_train_as_by_the_queue(tmp_path, cli, tiny_model, workspace):
+    path = tmp_path / "c.yaml"
+    config(tiny_model, tmp_path / "run").save(path)
+    r = cli("train", "--config", path, "gpus=99")
+    assert r.returncode == 2 and "field 'gpus': GPU 99 was asked for, but this machine has" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_setting_up_the_log_again_closes_the_file_it_had_open(tmp_path):
     import os
 
