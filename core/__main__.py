@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import sys
+from pathlib import Path
 
 from core.errors import ERROR_AS_JSON, ERROR_JSON, WorkbenchError
 
@@ -41,6 +42,9 @@ def cmd_train(args) -> int:
     from core.train import RunFailed, run
 
     cfg = RunConfig.load(args.config, overrides=args.overrides)
+    folder = Path(args.config).absolute().parent
+    if Path(args.config).name == "config.yaml" and (folder / "status.json").is_file():
+        cfg.output_dir = str(folder)     # a run folder trains where it lies, though its workspace has moved
     if "CUDA_VISIBLE_DEVICES" not in os.environ and "WORLD_SIZE" not in os.environ:
         from core import devices      # started by hand, not by the queue or torchrun: GPUs it lacks are refused
         devices.place(cfg.gpus, devices.cuda_count(), nodes=cfg.nodes.count)

@@ -52,7 +52,14 @@ CREATE TABLE IF NOT EXISTS adapters (
     run_id      TEXT,
     created_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (
+    key         TEXT PRIMARY KEY,          -- home: the workspace folder the paths above were written in
+    value       TEXT NOT NULL
+);
 """
+
+# Columns that hold a path, written absolute; those inside the workspace follow it when it moves.
+PATH_COLUMNS = (("jobs", "run_dir"), ("adapters", "path"))
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -94,8 +101,26 @@ def connect() -> sqlite3.Connection:
         if str(path) not in _initialised:
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             _retry_locked(lambda: conn.executescript(SCHEMA))
+            _follow_home(conn)
             _initialised.add(str(path))
     return conn
+
+
+def _follow_home(conn: sqlite3.Connection) -> None:
+    """A workspace moved or copied elsewhere (another folder, a Docker volume seen from the host):
+    the paths written inside its old place are moved to its new one, so that no run reads as
+    deleted and no adapter is listed twice. Paths outside the workspace are left as they are."""
+    here = str(home())
+    with transaction(conn):
+        row = conn.execute("SELECT value FROM settings WHERE key = 'home'").fetchone()
+        old = row["value"] if row else None
+        if old and old != here:
+            for table, column in PATH_COLUMNS:
+                conn.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                             f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                             (here, len(old) + 1, old, len(old) + 1, old + "/"))
+        if old != here:
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('home', ?)", (here,))
 
 
 def _retry_locked(fn, attempts: int = 100):

@@ -488,3 +488,28 @@ def test_a_run_folder_deleted_while_it_trains_stays_deleted_and_the_run_says_so(
     assert gone.error == "the run folder was deleted" and jobs.folder_missing(gone), gone.error
     time.sleep(1)
     assert not job.dir.root.exists()
+
+
+def test_a_moved_workspace_keeps_its_runs_and_adapters_and_a_stopped_run_resumes_there(tiny_model, workspace,
+                                                                                       monkeypatch):
+    """Moved to another folder (or a Docker volume seen from the host): no run reads as deleted, no
+    adapter is listed twice, and a resumed run trains in the new place, not the old."""
+    from core import library
+
+    sup = jobs.Supervisor()
+    done = jobs.submit(cfg(tiny_model, steps=2, name="done"))
+    until(lambda: state(done.id) == "completed", timeout=180, sup=sup)
+    stopped = stopped_run(tiny_model, sup, 2)
+    sup.release()
+    assert [a.name for a in library.list_adapters()] == [done.id]
+    moved = workspace.parent / "moved"
+    shutil.move(workspace, moved)
+    monkeypatch.setenv("WORKBENCH_HOME", str(moved))
+    for job in jobs.list_jobs():
+        assert job.run_dir.startswith(str(moved / "runs")) and not jobs.folder_missing(job), job
+    assert [(a.name, a.path) for a in library.list_adapters()] == [(done.id, str(moved / "runs" / done.id / "adapter"))]
+    jobs.resume(stopped.id)
+    sup = jobs.Supervisor()
+    until(lambda: state(stopped.id) == "completed", timeout=300, sup=sup)
+    sup.release()
+    assert (moved / "runs" / stopped.id / "adapter" / "adapter_config.json").is_file() and not workspace.exists()
