@@ -433,6 +433,17 @@ def _writes(pid: int, path: Path) -> bool:
     return False
 
 
+def queue_watched() -> bool:
+    """Whether a supervisor (the app, or `runs supervise`) holds this workspace's queue."""
+    home().mkdir(parents=True, exist_ok=True)
+    with open(home() / ".supervisor.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+    return False
+
+
 class Supervisor:
     def __init__(self, poll_s: float = 1.0):
         self.poll_s = poll_s
@@ -462,11 +473,15 @@ class Supervisor:
 
     def tick(self) -> None:
         """Reconcile active runs with their processes, then start what the queue allows."""
+        self.watch_active()
+        if self._owns_queue():
+            self._start_next()
+
+    def watch_active(self) -> None:
+        """Runs marked starting or running whose process has ended are marked as it ended."""
         for job in [Job.from_row(r) for r in db.query(
                 "SELECT * FROM jobs WHERE state IN ('starting', 'running')")]:
             self._watch(job)
-        if self._owns_queue():
-            self._start_next()
 
     def _watch(self, job: Job) -> None:
         status = job.dir.read_status()

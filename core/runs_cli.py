@@ -14,31 +14,49 @@ def register(sub) -> None:
     runs = p.add_subparsers(dest="runs_command", required=True)
     q = runs.add_parser("list", help="every run with its state")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_list)
+    q.set_defaults(func=_settled(cmd_list))
     q = runs.add_parser("submit", help="queue a run from a config file")
     q.add_argument("--config", required=True)
     q.add_argument("overrides", nargs="*", metavar="key=value")
-    q.set_defaults(func=cmd_submit)
+    q.set_defaults(func=_settled(cmd_submit))
     for name, fn, text in (("stop", jobs.stop, "stop a run (checkpoint, then stop)"),
                            ("resume", jobs.resume, "queue a stopped run again from its newest checkpoint"),
                            ("rerun", jobs.rerun, "queue a new run with the same config")):
         q = runs.add_parser(name, help=text)
         q.add_argument("run_id")
-        q.set_defaults(func=lambda args, fn=fn: _print(fn(args.run_id)))
+        q.set_defaults(func=_settled(lambda args, fn=fn: _print(fn(args.run_id))))
     q = runs.add_parser("remove", help="take a run off the list (a queued one leaves the queue); "
                                        "a finished run's folder is kept unless --delete-files")
     q.add_argument("run_id")
     q.add_argument("--delete-files", action="store_true",
                    help="also delete the run's folder: its adapter, checkpoints and log")
-    q.set_defaults(func=cmd_remove)
+    q.set_defaults(func=_settled(cmd_remove))
     q = runs.add_parser("move", help="move a queued run up (negative) or down the queue")
     q.add_argument("run_id")
     q.add_argument("delta", type=int)
-    q.set_defaults(func=lambda args: _print(jobs.move(args.run_id, args.delta)))
+    q.set_defaults(func=_settled(lambda args: _print(jobs.move(args.run_id, args.delta))))
     q = runs.add_parser("supervise", help="start queued runs and watch them (the app does this itself)")
     q.add_argument("--until-idle", action="store_true", help="exit once nothing is queued or running")
     q.add_argument("--poll", type=float, default=1.0)
     q.set_defaults(func=cmd_supervise)
+
+
+UNWATCHED = ("nothing starts queued runs in this workspace now: start the app (make run) or "
+             "`python -m core runs supervise`")
+
+
+def _settled(fn):
+    """With no supervisor, a command marks the runs whose process has ended itself, as the
+    supervisor would: else they would read 'running' forever, and could not be removed."""
+    def command(args) -> int:
+        if not jobs.queue_watched():
+            jobs.Supervisor().watch_active()
+        code = fn(args)
+        queued = [j for j in jobs.list_jobs() if j.state == "queued"]
+        if queued and not jobs.queue_watched():
+            print(f"note: {len(queued)} run(s) queued; {UNWATCHED}", file=sys.stderr)
+        return code
+    return command
 
 
 def _print(result) -> int:

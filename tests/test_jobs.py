@@ -513,3 +513,17 @@ def test_a_moved_workspace_keeps_its_runs_and_adapters_and_a_stopped_run_resumes
     until(lambda: state(stopped.id) == "completed", timeout=300, sup=sup)
     sup.release()
     assert (moved / "runs" / stopped.id / "adapter" / "adapter_config.json").is_file() and not workspace.exists()
+
+
+def test_without_a_supervisor_the_command_line_says_so_and_settles_runs_whose_worker_died(tiny_model, workspace,
+                                                                                          cli):
+    queued = cli("runs", "submit", "--config", ROOT / "presets" / "demo.yaml", f"model={tiny_model}")
+    assert queued.returncode == 0 and "1 run(s) queued; nothing starts queued runs" in queued.stderr, queued.stderr
+    job_id = queued.stdout.split()[0]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    jobs._set(job_id, state="running", pid=dead.pid, started_at=time.time())   # its worker killed with the app
+    listed = cli("runs", "list")
+    assert job_id in listed.stdout and "failed" in listed.stdout.split(job_id)[1].split("\n")[0], listed.stdout
+    assert "ended without reporting" in jobs.get(job_id).error
+    assert cli("runs", "remove", job_id).returncode == 0 and not jobs.list_jobs()
