@@ -305,14 +305,14 @@ def _compact_dataset(spec: DatasetSpec):
 # ---- field introspection (used by the form, the CLI and validation) ---------------------------
 
 def field_meta(dotted: str) -> dict:
-    """Metadata of a field by dotted name, e.g. 'lora.rank'."""
+    """Metadata of a field by dotted name, e.g. 'lora.rank'; 'datasets.ratio' is a dataset's."""
     cls = RunConfig
     parts = dotted.split(".")
     for i, part in enumerate(parts):
         f = {f.name: f for f in dataclasses.fields(cls)}[part]
         if i == len(parts) - 1:
             return dict(f.metadata)
-        cls = _hints(cls)[part]
+        cls = DatasetSpec if (cls, part) == (RunConfig, "datasets") else _hints(cls)[part]
     raise KeyError(dotted)
 
 

@@ -10,6 +10,7 @@ import random
 import sys
 from dataclasses import asdict, dataclass, field
 
+from core.config import field_meta
 from core.encode import IGNORE, encode_sample, ensure_chat_template
 from core.formats import RowProblem
 
@@ -167,4 +168,5 @@ def _percentile(ordered: list[int], q: float) -> int:
 
 
 def _round_up(n: int) -> int:
-    return max(ROUND_TO, -(-n // ROUND_TO) * ROUND_TO)
+    """A max length to suggest: a multiple of ROUND_TO, within what the max length field takes."""
+    return min(max(ROUND_TO, -(-n // ROUND_TO) * ROUND_TO), field_meta("data.max_seq_len")["max"])

@@ -38,6 +38,8 @@ class FileRecords:
 def max_upload_mb(max_mb: float | None = None) -> float:
     """The size limit for one data file: the argument, else $WORKBENCH_MAX_UPLOAD_MB, else 512."""
     if max_mb is not None:
+        if not max_mb > 0:
+            raise DataError(f"the size limit must be a positive number of megabytes, got {max_mb:g}", field="max_mb")
         return float(max_mb)
     env = os.environ.get("WORKBENCH_MAX_UPLOAD_MB", "").strip()
     if not env:

@@ -139,6 +139,10 @@ def test_a_refusal_in_the_form_names_the_field_by_its_label_and_the_file_to_blam
 
     data = DataError("no usable rows", file="/d/identity.jsonl", field="datasets.1")
     assert describe_error(data, "en") == "**Datasets 2** (`datasets.1`), `/d/identity.jsonl`: no usable rows"
+    with pytest.raises(ConfigError) as ratio:
+        RunConfig.from_dict({"datasets": [{"path": "a", "ratio": 1}, {"path": "b", "ratio": -1}]})
+    assert describe_error(ratio.value, "en").startswith("**Datasets 2, Mix ratio** (`datasets.1.ratio`): -1.0 is too")
+    assert describe_error(ratio.value, "zh").startswith("**数据集 2 的混合比例**（`datasets.1.ratio`）：-1.0 过小")
     assert describe_error(ConfigError("too small", field="lora.rank"), "en") == "**Rank** (`lora.rank`): too small"
     typo = ConfigError("unknown key", field="lora.rnk", file="c.yaml", line=3)
     assert describe_error(typo, "en") == "`lora.rnk`, `c.yaml:3`: unknown key"

@@ -208,6 +208,9 @@ def test_size_limit_from_the_argument_and_the_environment(tmp_path, monkeypatch)
     monkeypatch.setenv("WORKBENCH_MAX_UPLOAD_MB", "lots")
     with pytest.raises(DataError, match="WORKBENCH_MAX_UPLOAD_MB"):
         check_files([path])
+    for limit in (0, -1, float("nan")):
+        with pytest.raises(DataError, match="must be a positive number of megabytes"):
+            check_files([path], max_mb=limit)
 
 
 def test_check_files_reports_each_file_and_never_raises_for_one(tmp_path):
@@ -281,6 +284,13 @@ def test_length_stats(tok):
     assert stats.suggested_95 % 64 == 0 and stats.suggested_95 - 64 < stats.p95 <= stats.suggested_95
     assert sum(x <= stats.suggested_99 for x in lengths) >= 99
     assert length_stats(samples, tok, 64, max_rows=10).rows == 10
+
+
+def test_a_suggested_max_length_is_one_the_field_takes(tok):
+    from core.config import field_meta
+    from core.preview import _round_up
+
+    assert _round_up(1_250_000) == field_meta("data.max_seq_len")["max"] and _round_up(100) == 128
 
 
 # --- real-world files: LLaMA-Factory's demo data ---------------------------------------------

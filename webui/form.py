@@ -5,6 +5,7 @@ into a RunConfig through the same validation the YAML file and the CLI use.
 """
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ import gradio as gr
 
 from core.config import RunConfig, field_meta
 from webui.i18n import Translator, field_help, field_label
+
+DEFAULTS = RunConfig()
 
 # The groups of the form, in the order a user fills them in. `datasets` is drawn by the Train tab.
 GROUPS: dict[str, list[str]] = {
@@ -92,10 +95,16 @@ def make_component(dotted: str, value, lang: str, tr: Translator, model_choices:
     elif tp in (int, float):
         # Bounds and whole numbers are checked by RunConfig, whose message names the field; gradio's own
         # check would reject the whole event with a generic toast, and precision=0 would round 2.5 to 2.
-        comp = gr.Number(**common)
+        comp = gr.Number(step=1 if tp is int else float_step(get_value(DEFAULTS, dotted)), **common)
     else:
         comp = gr.Textbox(max_lines=1, **common)
     return tr.add(comp, dotted, "field")
+
+
+def float_step(default: float) -> float:
+    """The spinner's step for a number field: a tenth of its default's order of magnitude (2e-4 moves
+    by 1e-5, 3.0 by 0.1), not gradio's 1, which would jump a learning rate to 1."""
+    return 10.0 ** (math.floor(math.log10(abs(default))) - 1) if default else 0.01
 
 
 def build_group(form: Form, group: str, cfg: RunConfig, lang: str, tr: Translator, per_row: int = 3, **kw) -> None:

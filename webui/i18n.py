@@ -94,6 +94,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "runs.list": ("Runs", "运行列表"),
     "runs.memory": ("Memory: estimated {estimated} per GPU, measured peak {measured}",
                     "内存：估算每张 GPU {estimated}，实测峰值 {measured}"),
+    "item_field": ("{item} {n}, {field}", "{item} {n} 的{field}"),
     "runs.then": ("{cause}; then {error}", "{cause}；随后：{error}"),
     "runs.setting": ("setting", "设置"),
     "runs.select": ("Run", "运行"),
@@ -360,9 +361,12 @@ def _named(e: WorkbenchError, lang: str, labels: dict[str, str] | None) -> str:
 
 
 def _label(field: str, lang: str) -> str | None:
-    """A field's label; 'datasets.1' is the second of the datasets."""
-    item = re.fullmatch(r"(.+)\.(\d+)", field)
+    """A field's label; 'datasets.1' is the second of the datasets, 'datasets.1.ratio' its mix ratio."""
+    item = re.fullmatch(r"(.+)\.(\d+)(?:\.(.+))?", field)
     try:
+        if item and item.group(3):
+            return t("item_field", lang, field=field_label(f"{item.group(1)}.{item.group(3)}", lang),
+                     item=field_label(item.group(1), lang), n=int(item.group(2)) + 1)
         if item:
             return f"{field_label(item.group(1), lang)} {int(item.group(2)) + 1}"
         return field_label(field, lang)

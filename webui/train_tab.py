@@ -1,6 +1,8 @@
 """Train tab: presets, the run form (built from RunConfig), the config preview and Start."""
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
 import uuid
@@ -25,6 +27,7 @@ SHOWN_NODES = 16          # node commands printed in full; the rest differ only 
 REPEAT_WINDOW_S = 30      # Start again with the same form within this: the same run, not a second one
 # The config behind the Download button, rewritten on every form change: one file per browser tab.
 _DOWNLOADS = Path(tempfile.mkdtemp(prefix="workbench-configs-"))
+atexit.register(shutil.rmtree, _DOWNLOADS, True)
 
 
 @dataclass
