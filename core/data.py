@@ -14,7 +14,8 @@ from core import path_policy
 from core.config import DatasetSpec, RunConfig
 from core.encode import encode_sample, ensure_chat_template
 from core.errors import DataError, WorkbenchError
-from core.formats import FORMATS, RowProblem, columns_for, detect, detect_record, format_from_mapping, normalize
+from core.formats import (FORMATS, REQUIRED, RowProblem, columns_for, detect, detect_record, format_from_mapping,
+                          normalize)
 from core.formats import variant as format_variant
 from core.readers import max_upload_mb, read_records
 from core.workspace import datasets_dir, read_json
@@ -108,6 +109,7 @@ def check_file(path: str | Path, fmt: str = "auto", columns: dict | None = None,
         raise DataError(f"no row could be read ({first.problem})", file=fr.file, line=first.line)
     detection = detect([r.data for r in records])
     chosen = _choose_format(fmt, columns, detection.format, records, fr.file)
+    _check_mapped_columns(columns, chosen, records, fr.file)
     first = records[0].data
     report = DataReport(fr.file, chosen, detection.confidence if chosen == detection.format else 1.0,
                         len(fr.records), format_counts=detection.counts,
@@ -145,6 +147,16 @@ def _choose_format(fmt: str, columns: dict | None, detected: str | None, records
     if chosen not in FORMATS:
         raise DataError(f"unknown format '{chosen}'; use one of {', '.join(FORMATS)}", file=file, field="format")
     return chosen
+
+
+def _check_mapped_columns(columns: dict | None, fmt: str, records, file: str) -> None:
+    """A column mapped to a field every row needs, but that no row has, is a typo of the mapping,
+    not a problem of each row: say so once, with the columns the file does have."""
+    found = {str(k) for r in records for k in r.data}
+    for field, column in (columns or {}).items():
+        if field in REQUIRED[fmt] and column not in found:
+            raise DataError(f"no row has the column '{column}' (mapped to '{field}'); the file's columns are "
+                            f"{', '.join(sorted(found)[:20])}", file=file, field="columns")
 
 
 def _check_record(rec, fmt: str, columns: dict | None, mixed_check: bool):

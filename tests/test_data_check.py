@@ -286,6 +286,15 @@ def test_length_stats(tok):
     assert length_stats(samples, tok, 64, max_rows=10).rows == 10
 
 
+def test_a_mapped_column_that_no_row_has_is_one_error_naming_the_files_columns(tmp_path):
+    path = jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}] * 3)
+    with pytest.raises(DataError) as typo:
+        check_file(path, columns={"instruction": "questoin", "output": "answer"})
+    assert typo.value.field == "columns" and "'questoin' (mapped to 'instruction')" in typo.value.message
+    assert typo.value.message.endswith("the file's columns are answer, question")
+    assert check_file(path, columns={"instruction": "question", "output": "answer"}).usable
+
+
 def test_a_suggested_max_length_is_one_the_field_takes(tok):
     from core.config import field_meta
     from core.preview import _round_up

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from core import dataset_library as lib
 from core import db
 from core.config import RunConfig
@@ -305,3 +306,15 @@ def test_a_saved_dataset_a_queued_run_trains_on_cannot_be_deleted_until_the_run_
     jobs.remove(job.id)
     lib.delete_dataset("in-use")
     assert lib.list_datasets() == []
+
+
+def test_use_in_train_puts_a_saved_dataset_in_the_form_and_refuses_one_deleted_since(workspace):
+    from webui.app import use_dataset
+
+    lib.save_dataset("mine", [ROOT / "presets" / "data" / "identity.jsonl"])
+    message, _, _, tabs, datasets = use_dataset("mine", [], "en")
+    assert message == "" and tabs.selected == "train" and datasets["value"] == ["mine"]
+    lib.delete_dataset("mine")                          # in another tab, after this one drew its list
+    message, _, pick, tabs, datasets = use_dataset("mine", ["mine"], "en")
+    assert "no saved dataset named 'mine'" in message and pick["value"] is None
+    assert tabs == datasets == {"__type__": "update"}

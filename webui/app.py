@@ -4,9 +4,11 @@ from __future__ import annotations
 import gradio as gr
 
 from core import jobs
+from core.dataset_library import get_dataset
+from core.errors import WorkbenchError
 from core.workspace import home
 from webui import chat_tab, data_tab, library_tab, runs_tab, train_tab
-from webui.i18n import LANGS, Translator, t
+from webui.i18n import LANGS, Translator, failed, t
 
 CSS = """
 #run-progress pre.run-error {white-space: pre-wrap; color: #b00; font-size: 12px; max-height: 220px; overflow: auto}
@@ -15,6 +17,21 @@ CSS = """
 #data-preview {max-height: 640px; overflow: auto}
 footer {display: none !important}
 """
+
+
+def use_dataset(name, chosen, lang):
+    """Data tab's Use: the picked dataset joins the Train form's, and the Train tab opens. One
+    deleted since the list was drawn (in another tab) is not put into the form: the Data tab says so."""
+    if name:
+        try:
+            get_dataset(name)
+        except WorkbenchError as e:
+            return (failed(e, lang, {"name": "data.pick"}), *data_tab.listing(lang, None), gr.skip(), gr.skip())
+    chosen = list(chosen or [])
+    if name and name not in chosen:
+        chosen.append(name)
+    return ("", gr.skip(), gr.skip(), gr.Tabs(selected="train"),
+            gr.update(choices=train_tab.dataset_choices(chosen, lang), value=chosen))
 
 
 def build(lang: str = "en") -> gr.Blocks:
@@ -28,7 +45,7 @@ def build(lang: str = "en") -> gr.Blocks:
                                 label=t("language", lang), elem_id="language", scale=0, min_width=220)
         with gr.Tabs(selected="train") as tabs:
             with tr.add(gr.Tab(t("tab.data", lang), id="data", elem_id="tab-data"), "tab.data") as data_page:
-                data_pick, data_use, data_lib = data_tab.build(tr, lang_state, lang)
+                data_pick, data_use, data_lib, data_msg = data_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.train", lang), id="train", elem_id="tab-train"), "tab.train") as train_page:
                 train = train_tab.build(tr, lang_state, lang)
             with tr.add(gr.Tab(t("tab.runs", lang), id="runs", elem_id="tab-runs"), "tab.runs"):
@@ -49,13 +66,8 @@ def build(lang: str = "en") -> gr.Blocks:
                                  [lib_ui.export_message] + chat_picks)
         runs_tab.wire_chat(run_select, buttons["chat"], action_msg, lang_state, chat_picks)
 
-        def use_dataset(name, chosen, lang):
-            chosen = list(chosen or [])
-            if name and name not in chosen:
-                chosen.append(name)
-            return gr.Tabs(selected="train"), gr.update(choices=train_tab.dataset_choices(chosen, lang), value=chosen)
-
-        data_use.click(use_dataset, [data_pick, train.datasets, lang_state], [tabs, train.datasets])
+        data_use.click(use_dataset, [data_pick, train.datasets, lang_state],
+                       [data_msg, data_lib, data_pick, tabs, train.datasets])
         train_page.select(lambda chosen, lang: gr.update(choices=train_tab.dataset_choices(chosen, lang)),
                           [train.datasets, lang_state], train.datasets)
         # Labels follow the language through `tr`; the chat's lists hold translated entries of their own.

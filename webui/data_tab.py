@@ -92,7 +92,7 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
     c.delete.click(do_delete, [c.lib_pick, c.confirm, lang_state], lib_outputs + [c.confirm])
     c.hub_go.click(do_hub, [c.hub_id, c.hub_subset, c.hub_split, lang_state], lib_outputs)
     c.lf_go.click(do_lf, [c.lf_folder, lang_state], lib_outputs)
-    return c.lib_pick, c.use, c.lib
+    return c.lib_pick, c.use, c.lib, c.message
 
 
 def _layout_sources(c, tr: Translator, lang: str) -> None:
