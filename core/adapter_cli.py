@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from core.errors import ConfigError
+from core.errors import ConfigError, WorkbenchError
 
 
 def cmd_list(args) -> int:
@@ -107,7 +107,13 @@ def cmd_mix(args) -> int:
 def cmd_merge(args) -> int:
     from core.adapter_merge import merge
 
-    result = merge(args.adapter, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype, progress=_progress)
+    try:
+        result = merge(args.adapter, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                       progress=_progress)
+    except WorkbenchError as e:
+        if e.field == "name":          # the export's name is the --out flag here
+            e.field = "--out"
+        raise
     print(result.path)
     return 0
 

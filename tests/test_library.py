@@ -573,6 +573,7 @@ def test_cli_library_and_merge(ws, cli, tiny_model, other_model, tmp_path):
     assert res.returncode == 0 and Path(res.stdout.strip()).is_file()
     for args, words in [(("library", "delete", "cli"), "--yes"),
                         (("merge", "--adapter", "nope", "--out", "x"), "no adapter 'nope'"),
+                        (("merge", "--adapter", "cli", "--out", "my/merge"), "field '--out': "),
                         (("merge", "--adapter", "cli", "--out", "y", "--max-shard-size", "abc"), "not a size"),
                         (("chat", "--adapter", src, "--prompt", "hi", "--max-new-tokens", "0"), "at least 1"),
                         (("chat", "--adapter", ws / "runs" / "identity" / "adapter", "--model", other_model,
@@ -652,3 +653,12 @@ def test_rename_with_nothing_picked_asks_for_a_pick(workspace):
 
     text, *listing = guarded(do_rename)(None, "new-name", "", None, "zh")
     assert text == "请先选择一个适配器。" and len(listing) == 6
+
+
+def test_a_bad_export_name_is_blamed_on_the_export_name_box_though_the_command_calls_it_out(ws, cli):
+    """The UI runs `merge --out NAME` as a child command, whose error names the flag."""
+    from webui.library_tab import do_merge
+
+    assert "field '--out': " in cli("merge", "--adapter", "identity", "--out", "../up").stderr
+    text, *_ = do_merge("identity", "../up", "auto", "", None, "en", progress=lambda *a, **k: None)
+    assert text.startswith("Error: **Export name**: "), text

@@ -24,7 +24,7 @@ ALL = ""
 FIELDS = {"adapter": "lib.pick", "adapters": "lib.mix_pick", "weights": "lib.weights", "density": "lib.density",
           "base_model": "lib.import_base", "source": "lib.import_source", "name": "lib.new_name",
           "export": "lib.export_pick", "dtype": "lib.dtype"}
-MERGE_FIELDS = {**FIELDS, "name": "lib.export_name", "base_model": "lib.filter"}
+MERGE_FIELDS = {**FIELDS, "name": "lib.export_name", "--out": "lib.export_name", "base_model": "lib.filter"}
 
 
 def table(base: str, lang: str) -> pd.DataFrame:
