@@ -64,18 +64,31 @@ def main(argv=None) -> int:
     folders = restrict_paths(args)
     if folders:
         print(f"typed paths are kept to: {', '.join(folders)}", file=sys.stderr)
-    from core.workspace import home
-    if home().exists() and not home().is_dir():
-        print(f"error: the workspace {home()} is a file, not a folder", file=sys.stderr)
+    problem = workspace_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from webui.app import launch
-    try:
-        launch(host=args.host, port=args.port, auth=auth, share=args.share)
-    except sqlite3.DatabaseError as e:      # read while the page is built, before anything is served
-        from core.db import unreadable
-        print(f"error: {unreadable(e)}", file=sys.stderr)
-        return 2
+    launch(host=args.host, port=args.port, auth=auth, share=args.share)
     return 0
+
+
+def workspace_problem() -> str | None:
+    """What stops the app before it starts, in one line as the command line says it: a workspace
+    that is a file, a database that cannot be read or stays locked."""
+    from core import db
+    from core.errors import WorkbenchError
+    from core.workspace import home_problem
+
+    if home_problem():
+        return home_problem()
+    try:
+        db.query("SELECT count(*) FROM jobs")
+    except WorkbenchError as e:         # locked for longer than the busy timeout: the file is fine
+        return str(e)
+    except sqlite3.DatabaseError as e:
+        return db.unreadable(e)
+    return None
 
 
 if __name__ == "__main__":

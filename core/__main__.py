@@ -43,7 +43,8 @@ def cmd_train(args) -> int:
 
     cfg = RunConfig.load(args.config, overrides=args.overrides)
     folder = Path(args.config).absolute().parent
-    if Path(args.config).name == "config.yaml" and (folder / "status.json").is_file():
+    named = any(item.split("=", 1)[0].strip() == "output_dir" for item in args.overrides)
+    if Path(args.config).name == "config.yaml" and (folder / "status.json").is_file() and not named:
         cfg.output_dir = str(folder)     # a run folder trains where it lies, though its workspace has moved
     if "CUDA_VISIBLE_DEVICES" not in os.environ and "WORLD_SIZE" not in os.environ:
         from core import devices      # started by hand, not by the queue or torchrun: GPUs it lacks are refused
@@ -190,11 +191,11 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core.workspace import home, set_home
+    from core.workspace import home_problem, set_home
     if args.workspace:
         set_home(args.workspace)
-    if home().exists() and not home().is_dir():
-        print(f"error: the workspace {home()} is a file, not a folder", file=sys.stderr)
+    if home_problem():
+        print(f"error: {home_problem()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     quiet_libraries()
     try:

@@ -147,8 +147,8 @@ def adapter_path(value: str) -> Path | None:
     try:
         return library.adapter_dir(value)
     except ModelError:      # a pick holds the entry's id, which means nothing to the visitor
-        raise ModelError("the adapter picked here is no longer in the library (deleted since the list was "
-                         "drawn); pick another", field="adapter") from None
+        raise ModelError("the adapter picked here is not in the library (deleted since the list was shown, or "
+                         "mistyped); pick one from the list", field="adapter") from None
 
 
 def adapter_base(value: str) -> str:

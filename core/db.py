@@ -5,6 +5,7 @@ SQLite in WAL mode, so readers never block the writer; writes go through `transa
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -82,7 +83,10 @@ def db_path() -> Path:
 
 
 def unreadable(e: sqlite3.DatabaseError) -> str:
-    """What to do about a database file that is not one (the command line and the app say it alike)."""
+    """What to do about a database that cannot be used (the command line and the app say it alike):
+    one that cannot be opened (permissions, a full disk) is left to the user; a damaged one is moved aside."""
+    if isinstance(e, sqlite3.OperationalError):
+        return f"the workspace database {db_path()} cannot be opened ({e})"
     return (f"the workspace database {db_path()} cannot be read ({e}); move it aside and the workbench starts "
             f"a new one (the run folders on disk are listed again)")
 
@@ -109,18 +113,27 @@ def connect() -> sqlite3.Connection:
 def _follow_home(conn: sqlite3.Connection) -> None:
     """A workspace moved or copied elsewhere (another folder, a Docker volume seen from the host):
     the paths written inside its old place are moved to its new one, so that no run reads as
-    deleted and no adapter is listed twice. Paths outside the workspace are left as they are."""
+    deleted and no adapter is listed twice. Paths outside the workspace are left as they are; so is
+    everything when the old place is still this folder by another name (a symlink, '..')."""
     here = str(home())
+    row = conn.execute("SELECT value FROM settings WHERE key = 'home'").fetchone()
+    old = row["value"] if row else None
+    if old == here or old and _same_folder(old, here):
+        return
     with transaction(conn):
-        row = conn.execute("SELECT value FROM settings WHERE key = 'home'").fetchone()
-        old = row["value"] if row else None
-        if old and old != here:
+        if old:
             for table, column in PATH_COLUMNS:
                 conn.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
                              f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
                              (here, len(old) + 1, old, len(old) + 1, old + "/"))
-        if old != here:
-            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('home', ?)", (here,))
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('home', ?)", (here,))
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _retry_locked(fn, attempts: int = 100):

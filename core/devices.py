@@ -64,7 +64,7 @@ def place(spec: str, cuda_count: int, *, nodes: int = 1, strict: bool = True) ->
     ids = gpu_ids(text)
     missing = [i for i in ids if i >= cuda_count]
     if strict and missing:
-        have = f"GPUs 0 to {cuda_count - 1}" if cuda_count else "no CUDA GPU"
+        have = f"GPUs 0 to {cuda_count - 1}" if cuda_count > 1 else "only GPU 0" if cuda_count else "no CUDA GPU"
         raise ConfigError(f"GPU {missing[0]} was asked for, but this machine has {have}", field="gpus")
     return Placement(len(ids), ",".join(map(str, ids)))
 

@@ -433,14 +433,24 @@ def _writes(pid: int, path: Path) -> bool:
     return False
 
 
+def _queue_lock():
+    """The open, locked file that makes its holder the queue's one supervisor; None when another holds it."""
+    home().mkdir(parents=True, exist_ok=True)
+    f = open(home() / ".supervisor.lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
 def queue_watched() -> bool:
     """Whether a supervisor (the app, or `runs supervise`) holds this workspace's queue."""
-    home().mkdir(parents=True, exist_ok=True)
-    with open(home() / ".supervisor.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
+    lock = _queue_lock()
+    if lock is None:
+        return True
+    lock.close()
     return False
 
 
@@ -454,17 +464,9 @@ class Supervisor:
 
     # The lock makes sure that two app instances never start the same queued run twice.
     def _owns_queue(self) -> bool:
-        if self._lock_file is not None:
-            return True
-        home().mkdir(parents=True, exist_ok=True)
-        f = open(home() / ".supervisor.lock", "w")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            return False
-        self._lock_file = f
-        return True
+        if self._lock_file is None:
+            self._lock_file = _queue_lock()
+        return self._lock_file is not None
 
     def release(self) -> None:
         if self._lock_file is not None:

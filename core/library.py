@@ -101,11 +101,18 @@ def sync() -> None:
     transaction, so it never sees another process's rename or delete half done."""
     with db.transaction() as conn:
         rows = {r["path"]: dict(r) for r in conn.execute("SELECT * FROM adapters")}
+        known = {os.path.realpath(p) for p in rows}      # a folder seen by two names is one folder
+
+        def new(path) -> bool:
+            fresh = os.path.realpath(path) not in known
+            known.add(os.path.realpath(path))
+            return fresh
+
         for path, meta, run_id in _trained_folders(conn):
-            if str(path) not in rows:
+            if new(path):
                 rows[str(path)] = _insert(conn, run_id, slug(run_id), path, meta, "trained", run_id)
         for path in _library_folders():
-            if str(path) not in rows:
+            if new(path):
                 meta = read_json(path / "workbench.json") or {}
                 source = meta.get("source") if meta.get("source") in SOURCES else "imported"
                 rows[str(path)] = _insert(conn, meta.get("id") or new_id(source), path.name, path, meta, source)

@@ -77,8 +77,9 @@ class ProgressCallback(TrainerCallback):
                               epoch=state.epoch or 0.0, eta_s=None, started_at=self.start_time)
 
     def on_step_end(self, args, state, control, **kwargs):
-        # Checked before the step's log and checkpoint, which would create the folder anew.
-        if is_main() and not self.run.config.is_file():
+        # Checked before the step's log and checkpoint, which would create the folder anew; by every
+        # rank at once, as the others would otherwise wait in their next collective.
+        if any_rank(is_main() and not self.run.status.is_file()):
             raise FolderDeleted(f"the run folder {self.run.root} was deleted while it trained")
         if any_rank(self.stop.requested):
             self.stop.requested = True

@@ -101,8 +101,11 @@ class RunDir:
         if "error" in fields:               # a new error replaces the parts of an older one
             fields.setdefault("error_detail", None)
         status.update(fields, updated_at=time.time())
-        if is_main() and self.root.is_dir():      # a folder deleted by hand is not made anew with one file
-            atomic_write_json(self.status, status)
+        if is_main():
+            try:                    # a folder deleted by hand is not made anew around one file
+                atomic_write_json(self.status, status, make_parents=False)
+            except FileNotFoundError:
+                pass
         return status
 
     def append_metric(self, row: dict) -> None:
@@ -133,10 +136,13 @@ class RunDir:
     def forget_metrics_after(self, step: int) -> None:
         """Drop the rows past `step`: a run resumed from an older checkpoint (it was killed, not
         stopped) trains those steps again and writes them anew."""
-        rows = self.read_metrics()
-        kept = [r for r in rows if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
-        if is_main() and len(kept) < len(rows):
-            atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        try:
+            lines = self.metrics.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        except OSError:
+            return
+        kept = [line for line in lines if (row := metric_row(line)) is None or row["step"] <= step]
+        if is_main() and len(kept) < len(lines):       # the lines as written, every field kept
+            atomic_write_text(self.metrics, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
 
     def newest_checkpoint(self) -> Path | None:
         found = [(int(m.group(1)), p) for p in self.checkpoints.glob("checkpoint-*")
@@ -164,17 +170,21 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+TEXT_METRICS = {"mem_device"}      # the one text the trainer writes in a row: where memory was measured
+
+
 def metric_row(line: str) -> dict | None:
-    """A line's numbers, or None when it is not a row of a step. Every value the trainer writes is a
-    number: anything else (a line edited by hand, another tool's) is left out, so that no chart or
-    summary meets a string or a null."""
+    """A line's values, or None when it is not a row of a step. Every other value the trainer writes
+    is a number: anything else (a line edited by hand, another tool's) is left out, so that no chart
+    or summary meets a string or a null."""
     try:
         row = json.loads(line)
     except ValueError:
         return None
     if not isinstance(row, dict):
         return None
-    row = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    row = {k: v for k, v in row.items() if isinstance(v, str) and k in TEXT_METRICS
+           or isinstance(v, (int, float)) and not isinstance(v, bool)}
     return row if isinstance(row.get("step"), int) else None
 
 

@@ -18,8 +18,9 @@ def _umask() -> int:
 # What a new file or folder gets, as the umask allows. Temp files (mkstemp) and safetensors' own
 # writer use 0600 whatever the umask: an adapter written so could not be read by a serving engine
 # run as another user, or by the host user of a Docker volume. Read once, while only one thread runs.
-FILE_MODE = 0o666 & ~_umask()
-FOLDER_MODE = 0o777 & ~_umask()
+UMASK = _umask()
+FILE_MODE = 0o666 & ~UMASK
+FOLDER_MODE = 0o777 & ~UMASK
 
 
 def home() -> Path:
@@ -30,6 +31,13 @@ def home() -> Path:
 def set_home(path: str | os.PathLike) -> Path:
     os.environ["WORKBENCH_HOME"] = str(Path(path).absolute())
     return home()
+
+
+def home_problem() -> str | None:
+    """Why the workspace cannot be used, before anything is read from it (None: it can)."""
+    if home().exists() and not home().is_dir():
+        return f"the workspace {home()} is a file, not a folder"
+    return None
 
 
 def models_dir() -> Path:
@@ -49,10 +57,12 @@ def exports_dir() -> Path:
     return home() / "exports"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+def atomic_write_text(path: str | os.PathLike, text: str, make_parents: bool = True) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file.
+    Without make_parents, a missing folder is a FileNotFoundError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
@@ -74,14 +84,13 @@ def shared_mode(path: str | os.PathLike) -> None:
         return
     path.chmod(FOLDER_MODE)
     for folder, dirs, files in os.walk(path):
-        for d in dirs:
-            os.chmod(os.path.join(folder, d), FOLDER_MODE)
-        for f in files:
-            os.chmod(os.path.join(folder, f), FILE_MODE)
+        for name, mode in [(d, FOLDER_MODE) for d in dirs] + [(f, FILE_MODE) for f in files]:
+            if not os.path.islink(os.path.join(folder, name)):      # never the file a link points to
+                os.chmod(os.path.join(folder, name), mode)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj, make_parents: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", make_parents)
 
 
 def read_json(path: str | os.PathLike, default=None):

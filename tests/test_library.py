@@ -488,7 +488,6 @@ def assert_shared(*paths):
     who may read the workspace (a serving engine, the host user of a Docker volume) can."""
     from core.workspace import FILE_MODE, FOLDER_MODE
 
-    assert FILE_MODE & 0o044, "the tests run with a umask that lets others read"
     for path in paths:
         for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
             mode = p.stat().st_mode & 0o777
@@ -626,7 +625,7 @@ def test_merge_and_mix_run_as_child_processes_with_progress_and_the_clis_refusal
         run_core_command(["merge", "--adapter", "general", "--out", "child"])
     # The child's own error, in its parts: the field is named apart, for the UI to label.
     assert refused.value.message == "exports/child already exists; choose another name"
-    assert refused.value.field == "name"
+    assert refused.value.field == "--out"          # the flag; the Library labels it as its Export name box
     run_core_command(["library", "mix", "identity", "general", "--weights", "0.5", "0.5", "--name", "halves"])
     assert library.get("halves").name == "halves"
     assert "ran out of memory" in failure_text(-9, ["[ 30%] loading the base"])

@@ -40,7 +40,7 @@ def messages(node: ast.Call) -> list:
 
 
 # Functions that write why a run or a command failed from pieces held in variables: every text in them.
-REASONS = {"_death_reason", "root_cause", "out_of_memory_message", "_watch", "refusal", "_failure"}
+REASONS = {"_death_reason", "root_cause", "out_of_memory_message", "_watch", "refusal"}
 
 
 def reasons(node) -> list:

@@ -176,6 +176,16 @@ def test_a_run_killed_past_its_last_checkpoint_resumes_without_repeating_steps_i
     assert [r["step"] for r in rd.read_metrics() if "loss" in r] == [1, 2, 3, 4]
 
 
+def test_forgetting_the_steps_past_a_checkpoint_keeps_every_field_of_the_others(tmp_path):
+    rd = RunDir(tmp_path / "r")
+    rd.root.mkdir()
+    rd.metrics.write_text('{"step": 1, "loss": 2.0, "mem_device": "GPU 0: H100"}\n{"step": 2, "loss": 1.0}\n'
+                          '{"step": "by hand"}\n')
+    rd.forget_metrics_after(1)
+    assert rd.metrics.read_text() == '{"step": 1, "loss": 2.0, "mem_device": "GPU 0: H100"}\n{"step": "by hand"}\n'
+    assert rd.read_metrics() == [{"step": 1, "loss": 2.0, "mem_device": "GPU 0: H100"}]
+
+
 def test_a_second_trainer_of_a_running_run_is_refused_and_the_run_goes_on(tiny_model, tmp_path, workspace):
     from core.errors import ConfigError
 
@@ -351,7 +361,9 @@ def test_an_output_dir_that_cannot_be_written_is_bad_input(tmp_path, cli, tiny_m
     assert r.returncode == 2 and "output_dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_a_gpu_the_machine_lacks_is_refused_by_train_as_by_the_queue(tmp_path, cli, tiny_model, workspace):
+def test_a_gpu_the_machine_lacks_is_refused_by_train_as_by_the_queue(tmp_path, cli, tiny_model, workspace,
+                                                                     monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)      # as a user types it, not as the queue starts it
     path = tmp_path / "c.yaml"
     config(tiny_model, tmp_path / "run").save(path)
     r = cli("train", "--config", path, "gpus=99")

@@ -143,8 +143,8 @@ def refresh(selected, lang, seen_state):
     # Choices are sent only when they changed: each update would undo what the user types to filter.
     listed = [list(c) for c in choices]
     pick, clear = (gr.skip() if seen_state.get("choices") == listed else gr.update(choices=choices)), gr.skip()
-    gone = seen_state.get("gone")
-    if selected not in ids:
+    gone = seen_state.get("gone") if ids else None
+    if selected not in ids and not (selected is None and gone):    # emptied once, then left alone
         gone = selected or gone
         selected, clear = (None if gone else ids[0] if ids else None), False
         pick = gr.update(choices=choices, value=selected)
