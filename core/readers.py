@@ -217,7 +217,7 @@ def _read_csv(raw: bytes, name: str) -> list[Record]:
     # The csv module refuses cells over 128 KiB by default; a long document is a fair cell, and the
     # whole file is in memory already.
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -239,6 +239,12 @@ def _read_csv(raw: bytes, name: str) -> list[Record]:
     except csv.Error as e:
         raise DataError(f"not valid CSV: {e}", file=name, line=reader.line_num) from None
     return records
+
+
+def _delimiter(text: str) -> str:
+    """Commas, else what the header row uses: spreadsheets in many locales save CSV with ';'."""
+    header = text.split("\n", 1)[0]
+    return next((d for d in (",", ";", "\t", "|") if d in header), ",")
 
 
 def _check_header(header: list[str], name: str) -> None:

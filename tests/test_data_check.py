@@ -147,6 +147,15 @@ def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
     assert report.rows_usable == 2 and report.samples[0]["text"] == document
 
 
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_csv_saved_with_another_separator_is_read_by_its_header(tmp_path, sep):
+    path = tmp_path / "d.csv"
+    path.write_text(f'instruction{sep}output\nQ1, with a comma{sep}A1\n"Q{sep}2"{sep}A2\n')
+    report = check_file(path)
+    assert report.format == "alpaca" and report.rows_usable == 2
+    assert [s["messages"][0]["content"] for s in report.samples] == ["Q1, with a comma", f"Q{sep}2"]
+
+
 def test_json_that_is_not_utf8_is_a_whole_file_problem(tmp_path):
     path = tmp_path / "latin1.json"
     path.write_bytes(b'[\n  {"text": "ok"},\n  {"text": "caf\xe9"}\n]')
