@@ -20,7 +20,7 @@ def cmd_list(args) -> int:
     for i in infos:
         ra = f"{i.rank}/{i.alpha:g}" if i.rank else "-"
         print(f"{i.name:<32} {i.source:<9} {i.method:<7} {ra:<9} {i.steps or '-':>6} {_num(i.train_loss):>8} "
-              f"{_num(i.eval_loss):>8} {i.size:>10}  {i.base_model}")
+              f"{_num(i.eval_loss):>8} {i.size:>10}  {i.base_model}{f'  ({i.problem})' if i.problem else ''}")
     return 0
 
 

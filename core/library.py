@@ -56,6 +56,7 @@ class AdapterInfo:
     size: str = ""                  # size_bytes for people, e.g. "1.2 MiB"
     created: str = ""               # ISO time, local
     parents: list[dict] = field(default_factory=list)   # mixed: [{id, name, weight}]
+    problem: str = ""               # why it cannot be loaded as it is, when that is seen without loading it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,19 +231,21 @@ def info_for(row: dict) -> AdapterInfo:
     path = Path(row["path"])
     meta = _mapping(read_json(path / "workbench.json"))
     acfg = read_json(path / "adapter_config.json")
+    has_config = (path / "adapter_config.json").is_file()
     cfg, metrics = _mapping(acfg), _mapping(meta.get("metrics"))
     size = folder_size(path)
     return AdapterInfo(
         id=row["id"], name=row["name"], base_model=row["base_model"] or _config_base(cfg),
         method=row["method"], source=row["source"], path=str(path),
-        kind="adapter" if (path / "adapter_config.json").is_file() else "model",   # even one that cannot be read
+        kind="adapter" if has_config else "model",                 # even one whose config cannot be read
         run_id=row["run_id"], rank=_number(cfg.get("r")), alpha=_number(cfg.get("lora_alpha")),
         target_modules=short_targets(cfg.get("target_modules")),
         datasets=[str(d) for d in _items(meta.get("datasets"))], steps=_number(metrics.get("steps")),
         train_loss=_number(metrics.get("train_loss")), eval_loss=_number(metrics.get("eval_loss")),
         size_bytes=size, size=human_size(size),
         created=meta.get("created") if isinstance(meta.get("created"), str) else _iso(row["created_at"]),
-        parents=[p for p in _items(meta.get("parents")) if isinstance(p, dict)])
+        parents=[p for p in _items(meta.get("parents")) if isinstance(p, dict)],
+        problem="adapter_config.json cannot be read" if has_config and not isinstance(acfg, dict) else "")
 
 
 def _mapping(value) -> dict:

@@ -75,7 +75,8 @@ def cmd_list(args) -> int:
     for j in rows:
         status = j.dir.read_status()
         step = f"{status.get('step', 0)}/{status.get('total_steps') or '?'}"
-        missing = "  (folder deleted)" if jobs.folder_missing(j) else ""
+        missing = "  (folder deleted)" if jobs.folder_missing(j) else \
+            "  (status.json cannot be read)" if j.dir.status.is_file() and not status else ""
         shown = "stopping" if j.stopping else j.state
         print(f"{j.id:48} {shown:10} {step:>10} {j.method:6} {j.model}{missing}")
     return 0

@@ -11,7 +11,7 @@ import time
 import gradio as gr
 import pytest
 
-from conftest import ROOT, until
+from conftest import ROOT, run_cli, until
 from core import jobs
 from core.config import RunConfig
 from core.errors import WorkbenchError
@@ -181,6 +181,7 @@ def test_damaged_files_and_a_deleted_folder_never_break_the_queue(tiny_model, wo
     with open(broken.dir.metrics, "w") as f:
         f.write('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     assert broken.dir.read_status() == {} and len(read_metrics(broken.dir.metrics)) == 1
+    assert f"{broken.id}" in (listed := run_cli("runs", "list").stdout) and "(status.json cannot be read)" in listed
     with open(broken.dir.metrics, "a") as f:       # rows edited by hand: valid JSON, not the trainer's
         f.write('\n{"step": "x", "loss": "NaN"}\n{"step": 3, "loss": null}\n{"loss": 1.0}\n'
                 '{"step": 4, "loss": 1.5, "note": "by hand", "grad_norm": true}\n[1]\n')

@@ -470,7 +470,7 @@ def test_export_zip_is_atomic_and_imports_back(ws, tiny_model):
     assert_shared(path, Path(back.path), ws / "runs" / "identity")
 
 
-def test_an_adapter_whose_config_cannot_be_read_is_still_an_adapter_and_says_which_file(ws, tiny_model):
+def test_an_adapter_whose_config_cannot_be_read_is_still_an_adapter_and_says_which_file(ws, tiny_model, cli):
     """Not taken for a full model (the chat would then blame the base: "has no config.json")."""
     from core import chat_choices
     from core.chat import one_shot
@@ -478,6 +478,8 @@ def test_an_adapter_whose_config_cannot_be_read_is_still_an_adapter_and_says_whi
     (ws / "runs" / "identity" / "adapter" / "adapter_config.json").write_text("{broken")
     info = library.get("identity")
     assert info.kind == "adapter" and chat_choices.opening(info) == (str(tiny_model), info.id)
+    assert info.problem == "adapter_config.json cannot be read" and not library.get("general").problem
+    assert "(adapter_config.json cannot be read)" in cli("library", "list").stdout
     with pytest.raises(WorkbenchError, match="adapter_config.json") as refused:
         one_shot("identity", "Hi", max_new_tokens=2)
     assert "not valid JSON" in str(refused.value) and "has no config.json" not in str(refused.value)

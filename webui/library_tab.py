@@ -33,7 +33,8 @@ def table(base: str, lang: str) -> pd.DataFrame:
     for a in library.list_adapters(base or None):
         ra = f"{a.rank}/{a.alpha:g}" if a.rank else ""
         loss = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""
-        rows.append([a.name, a.base_model.rsplit("/", 1)[-1], a.method, loss(a.train_loss), loss(a.eval_loss),
+        name = f"{a.name} ({translated(a.problem, lang)})" if a.problem else a.name
+        rows.append([name, a.base_model.rsplit("/", 1)[-1], a.method, loss(a.train_loss), loss(a.eval_loss),
                      a.steps or "", ra, short_list(a.target_modules),
                      short_list([d.rsplit("/", 1)[-1] for d in a.datasets]), a.size,
                      a.created.replace("T", " ")[:16], translated(a.source, lang)])
