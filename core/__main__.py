@@ -46,7 +46,8 @@ def cmd_train(args) -> int:
     named = any(item.split("=", 1)[0].strip() == "output_dir" for item in args.overrides)
     if Path(args.config).name == "config.yaml" and (folder / "status.json").is_file() and not named:
         cfg.output_dir = str(folder)     # a run folder trains where it lies, though its workspace has moved
-    if "CUDA_VISIBLE_DEVICES" not in os.environ and "WORLD_SIZE" not in os.environ:
+    from core.jobs import QUEUE_WORKER
+    if not os.environ.get(QUEUE_WORKER) and "WORLD_SIZE" not in os.environ:
         from core import devices      # started by hand, not by the queue or torchrun: GPUs it lacks are refused
         devices.place(cfg.gpus, devices.cuda_count(), nodes=cfg.nodes.count)
     try:
