@@ -55,6 +55,9 @@ def check_request(adapter, name: str, dtype: str = "auto", max_shard_size: str |
         raise ConfigError(f"'{max_shard_size}' is not a size; write it like 2GB or 500MB", field="max_shard_size")
     path_policy.check(adapter_base(folder), "base_model")     # the base it loads, as typed paths are
     name = library.validate_name(name)
+    if name.lower().endswith(".zip"):
+        raise ConfigError("a merged model's name must not end in .zip, the name of an adapter's export; choose "
+                          "another name", field="name")
     if (exports_dir() / name).exists():
         raise ConfigError(f"exports/{name} already exists; choose another name", field="name")
     return folder, name
@@ -86,7 +89,10 @@ def merge(adapter: str | os.PathLike, name: str, *, max_shard_size: str | int = 
     report("load_adapter", 0.35, "loading the adapter")
     model = PeftModel.from_pretrained(model, str(folder))
     report("merge", 0.45, "merging the adapter into the weights")
-    model = model.merge_and_unload(safe_merge=True)
+    try:
+        model = model.merge_and_unload(safe_merge=True)
+    except ValueError as e:             # safe_merge found NaN: the adapter's own weights are broken
+        raise ModelError(f"the adapter cannot be merged: {str(e).splitlines()[0]}", field="adapter") from None
     report("save", 0.65, f"saving safetensors ({str(out_dtype).replace('torch.', '')})")
     exports_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=exports_dir()))

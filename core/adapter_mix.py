@@ -72,6 +72,7 @@ def mix(adapters: list[str], weights: list[float], name: str, *, combination: st
         except (ValueError, TypeError, RuntimeError) as e:     # RuntimeError: e.g. an SVD rank the layers lack
             raise ConfigError(f"peft cannot mix these adapters: {str(e).splitlines()[0]}",
                               field="svd_rank" if svd_rank else "combination") from None
+        _check_finite(model)
         report("save", 0.85, "saving the mixed adapter")
         staged = work / "staged"
         model.save_pretrained(str(staged), selected_adapters=["default"])
@@ -87,6 +88,15 @@ def mix(adapters: list[str], weights: list[float], name: str, *, combination: st
         shutil.rmtree(work, ignore_errors=True)
     report("done", 1.0, f"saved {info.path}")
     return info
+
+
+def _check_finite(model) -> None:
+    """Weights past what the adapter's dtype holds overflow to infinity: a mix saved so answers
+    nothing in the chat and cannot be merged."""
+    for name, tensor in model.state_dict().items():
+        if ".default" in name and "lora_" in name and not tensor.isfinite().all():
+            raise ConfigError("the mixed weights overflow (infinite or NaN values): use smaller weights",
+                              field="weights")
 
 
 def check_arguments(adapters, weights, combination, density, svd_rank):

@@ -146,3 +146,22 @@ def test_a_column_whose_adapter_is_gone_is_named_before_either_column_answers(wo
     hist_a, hist_b, _, _, status, prompt = replies[0]
     assert hist_a == [] and hist_b == [] and status.startswith("Error: **Compare with**: the run of this checkpoint")
     assert not isinstance(prompt, str)          # gr.skip(): the box keeps the question
+
+
+def test_stop_side_by_side_ends_the_reply_underway_and_the_other_column_still_answers(workspace, tiny_model):
+    """Before, Stop cancelled the whole turn: column B kept a question with no reply, and the two
+    columns' histories drifted apart."""
+    from types import SimpleNamespace
+
+    from webui.chat_tab import on_stop, respond
+
+    request = SimpleNamespace(session_hash="stopper")
+    replies, stopped = [], False
+    for out in respond("Hi", [], [], str(tiny_model), "", "", True, "", 0, 0.95, 50, 64, 1.0, "en", request):
+        replies.append(out)
+        if not stopped and out[0] and out[0][-1]["content"]:       # column A has begun its reply
+            on_stop(request)
+            stopped = True
+    hist_a, hist_b = replies[-1][0], replies[-1][1]
+    assert [m["role"] for m in hist_a] == [m["role"] for m in hist_b] == ["user", "assistant"]
+    assert hist_b[-1]["content"] and len(hist_a[-1]["content"]) < len(hist_b[-1]["content"]), (hist_a, hist_b)

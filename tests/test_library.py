@@ -311,6 +311,7 @@ def test_mix_of_rslora_adapters_keeps_their_scale(ws, tiny_model, tmp_path):
     (["identity", "identity"], [1, 1], {}, "listed twice"),
     (["identity", "general"], [1], {}, "one weight per adapter"),
     (["identity", "general"], [1, float("nan")], {}, "finite"),
+    (["identity", "general"], [1e308, 1e308], {"combination": "cat"}, "overflow"),
     (["identity", "general"], [1, 1], {"combination": "magic"}, "not one of"),
     (["identity", "general"], [1, 1], {"combination": "ties"}, "needs a density"),
     (["identity", "general"], [1, 1], {"combination": "svd", "svd_rank": 100000}, "peft cannot mix"),
@@ -661,5 +662,17 @@ def test_a_bad_export_name_is_blamed_on_the_export_name_box_though_the_command_c
     from webui.library_tab import do_merge
 
     assert "field '--out': " in cli("merge", "--adapter", "identity", "--out", "../up").stderr
+    assert "must not end in .zip" in cli("merge", "--adapter", "identity", "--out", "identity.zip").stderr
     text, *_ = do_merge("identity", "../up", "auto", "", None, "en", progress=lambda *a, **k: None)
     assert text.startswith("Error: **Export name**: "), text
+
+
+def test_an_adapter_with_nan_weights_is_refused_by_merge_in_words(ws, cli):
+    from safetensors.torch import load_file, save_file
+
+    weights = ws / "runs" / "identity" / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, weights)
+    r = cli("merge", "--adapter", "identity", "--out", "broken")
+    assert r.returncode == 2 and "field 'adapter': the adapter cannot be merged: NaNs detected" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (ws / "exports" / "broken").exists()

@@ -89,8 +89,10 @@ def build(tr: Translator, lang_state: gr.State, lang: str = "en"):
               c.top_p, c.top_k, c.max_new, c.repetition, lang_state]
     outputs = [c.bot_a, c.bot_b, c.stats_a, c.stats_b, c.status, c.prompt]
     events = [c.send.click(respond, inputs, outputs), c.prompt.submit(respond, inputs, outputs)]
-    c.stop.click(on_stop, None, None, cancels=events)
-    c.clear.click(lambda: ([], [], "", ""), None, [c.bot_a, c.bot_b, c.stats_a, c.stats_b])
+    # Stop ends the reply underway and leaves the turn to finish (column B still answers, so the two
+    # columns stay in step); Clear also drops the turn underway, which would otherwise redraw them.
+    c.stop.click(on_stop, None, None)
+    c.clear.click(on_clear, None, [c.bot_a, c.bot_b, c.stats_a, c.stats_b], cancels=events)
     for adapter in (c.adapter_a, c.adapter_b):
         adapter.focus(lambda lang, a, b: gr.update(choices=adapter_choices(lang, keep=(a, b))),
                       [lang_state, c.adapter_a, c.adapter_b], adapter)
@@ -178,7 +180,6 @@ def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, 
             yield hist_a, hist_b, gr.skip(), gr.skip(), failed(e, lang, column_fields(i)), gr.skip()
             return
     stop_event = _stops.setdefault(request.session_hash, threading.Event())
-    stop_event.clear()
     opts = GenerationOptions(max_new_tokens=int(n), temperature=float(temp), top_p=float(p), top_k=int(k),
                              repetition_penalty=float(rep))
     stats = ["", ""]
@@ -187,6 +188,7 @@ def respond(text, hist_a, hist_b, base_name, a, b, two, sys_prompt, temp, p, k, 
     yield _out(histories, hist_b, two, stats, "", prompt="")
     try:
         for i, path in enumerate(paths):
+            stop_event.clear()                  # a Stop ends the column underway, not the next one
             history = histories[i]
             messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt.strip() else []) + \
                 [{"role": m["role"], "content": m["content"]} for m in history[:-1]]
@@ -212,6 +214,11 @@ def column_fields(column: int) -> dict[str, str]:
 def on_stop(request: gr.Request):
     if request.session_hash in _stops:
         _stops[request.session_hash].set()
+
+
+def on_clear(request: gr.Request):
+    on_stop(request)
+    return [], [], "", ""
 
 
 def _out(histories, hist_b, two, stats, status, prompt=None):
