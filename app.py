@@ -80,8 +80,9 @@ def workspace_problem() -> str | None:
     from core.errors import WorkbenchError
     from core.workspace import home_problem
 
-    if home_problem():
-        return home_problem()
+    problem = home_problem()
+    if problem:
+        return problem
     try:
         db.query("SELECT count(*) FROM jobs")
     except WorkbenchError as e:         # locked for longer than the busy timeout: the file is fine

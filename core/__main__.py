@@ -46,10 +46,9 @@ def cmd_train(args) -> int:
     named = any(item.split("=", 1)[0].strip() == "output_dir" for item in args.overrides)
     if Path(args.config).name == "config.yaml" and (folder / "status.json").is_file() and not named:
         cfg.output_dir = str(folder)     # a run folder trains where it lies, though its workspace has moved
-    from core.jobs import QUEUE_WORKER
-    if not os.environ.get(QUEUE_WORKER) and "WORLD_SIZE" not in os.environ:
-        from core import devices      # started by hand, not by the queue or torchrun: GPUs it lacks are refused
-        devices.place(cfg.gpus, devices.cuda_count(), nodes=cfg.nodes.count)
+    from core import devices
+    if not os.environ.get(devices.QUEUE_WORKER) and "WORLD_SIZE" not in os.environ:
+        devices.place(cfg.gpus, devices.cuda_count(), nodes=cfg.nodes.count)    # started by hand: GPUs it lacks
     try:
         run_dir = run(cfg, resume=args.resume)
     except RunFailed as e:
@@ -195,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.workspace import home_problem, set_home
     if args.workspace:
         set_home(args.workspace)
-    if home_problem():
-        print(f"error: {home_problem()}", file=sys.stderr)
+    problem = home_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     quiet_libraries()
     try:

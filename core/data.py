@@ -152,8 +152,10 @@ def _choose_format(fmt: str, columns: dict | None, detected: str | None, records
 def _check_mapped_columns(columns: dict | None, fmt: str, records, file: str) -> None:
     """A column mapped to a field every row needs, but that no row has, is a typo of the mapping,
     not a problem of each row: say so once, with the columns the file does have."""
+    if not columns:
+        return
     found = {str(k) for r in records for k in r.data}
-    for field, column in (columns or {}).items():
+    for field, column in columns.items():
         if field in REQUIRED[fmt] and column not in found:
             raise DataError(f"no row has the column '{column}' (mapped to '{field}'); the file's columns are "
                             f"{', '.join(sorted(found)[:20])}", file=file, field="columns")

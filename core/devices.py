@@ -43,6 +43,9 @@ def check(spec: str) -> str | None:
     return None
 
 
+QUEUE_WORKER = "WORKBENCH_QUEUE_WORKER"    # set for the workers the supervisor starts: their GPUs are placed
+
+
 def gpu_ids(spec: str) -> list[int]:
     text = spec.replace(" ", "")
     return [int(x) for x in text.split(",")] if text[:1].isdigit() else []

@@ -433,9 +433,6 @@ def _writes(pid: int, path: Path) -> bool:
     return False
 
 
-QUEUE_WORKER = "WORKBENCH_QUEUE_WORKER"    # set for the workers the supervisor starts: their GPUs are placed
-
-
 def _queue_lock():
     """The open, locked file that makes its holder the queue's one supervisor; None when another holds it."""
     home().mkdir(parents=True, exist_ok=True)
@@ -554,7 +551,7 @@ class Supervisor:
             _set(job.id, state="failed", error=str(e), position=None, finished_at=time.time())
             run.write_status(state="failed", error=str(e), error_detail=e.to_dict(), finished_at=time.time())
             return False
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", QUEUE_WORKER: "1", **cmd.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", devices.QUEUE_WORKER: "1", **cmd.env}
         with db.transaction() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id=?", (job.id,)).fetchone()
             if row is None or row["state"] != "queued":

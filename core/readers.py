@@ -243,7 +243,8 @@ def _read_csv(raw: bytes, name: str) -> list[Record]:
 
 def _delimiter(text: str) -> str:
     """Commas, else what the header row uses: spreadsheets in many locales save CSV with ';'."""
-    header = text.split("\n", 1)[0]
+    end = text.find("\n")
+    header = text if end < 0 else text[:end]         # not split(): that would copy the whole file
     return next((d for d in (",", ";", "\t", "|") if d in header), ",")
 
 

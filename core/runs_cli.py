@@ -49,11 +49,12 @@ def _settled(fn):
     """With no supervisor, a command marks the runs whose process has ended itself, as the
     supervisor would: else they would read 'running' forever, and could not be removed."""
     def command(args) -> int:
-        if not jobs.queue_watched():
+        watched = jobs.queue_watched()
+        if not watched:
             jobs.Supervisor().watch_active()
         code = fn(args)
-        queued = [j for j in jobs.list_jobs() if j.state == "queued"]
-        if queued and not jobs.queue_watched():
+        queued = [j for j in jobs.list_jobs() if j.state == "queued"] if not watched else []
+        if queued:
             print(f"note: {len(queued)} run(s) queued; {UNWATCHED}", file=sys.stderr)
         return code
     return command
