@@ -287,6 +287,7 @@ def test_runs_leave_the_list_and_a_folder_deleted_by_hand_is_flagged(page):
     page.wait_for_selector("#runs-message >> text=remove the run from the list")
     page.locator("#run-remove").click()
     page.wait_for_selector("#runs-message >> text=Removed elsewhere")
+    page.wait_for_selector("#run-progress-box >> text=has left the list")    # the pick emptied: then pick
     pick(page, "run-select", "twice")
     page.wait_for_selector("#run-progress >> text=twice")
     page.wait_for_timeout(1500)              # the pick clears the box; let that land before ticking it
